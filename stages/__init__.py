@@ -1,0 +1,1 @@
+"""probekd pipeline stages: one module per DVC stage plus a few shared modules."""

@@ -1,0 +1,57 @@
+"""Entry point: `python -m stages <stage>` (what dvc.yaml runs) and the `probekd` console script.
+
+Only the requested stage's module is imported, so a stage's code dependencies in dvc.yaml are exactly
+what it imports, and `python -m stages prepare` does not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import typer
+
+# stage name -> (module, one-line help). Keep in step with dvc.yaml.
+STAGES: dict[str, tuple[str, str]] = {
+    "prepare": ("stages.prepare", "Load a dataset into the canonical schema; write labeled/transfer/val/test."),
+    "models": ("stages.models", "Resolve the teacher or student (hub id, local path, or pretrain the builtin)."),
+    "extract": ("stages.extract", "Cache the teacher's hidden states of every layer into a zarr store."),
+    "probe": ("stages.probe", "Fit a probe per layer with cross-fitting; per-layer metrics and plots."),
+    "label": ("stages.label", "Write probe labels and teacher-output labels; measure their quality."),
+    "train": ("stages.train", "Train one student arm (gold, logit_kd, probe_kd, hld)."),
+    "summarize": ("stages.summarize", "Collect every arm's test accuracy into one metrics file."),
+}
+
+
+def build_app(requested: str | None) -> typer.Typer:
+    app = typer.Typer(
+        name="probekd",
+        help="Probe-KD: distil a teacher into a student through probes on its hidden states.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+    names = [requested] if requested in STAGES else list(STAGES)
+    for name in names:
+        module_name, help_text = STAGES[name]
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name != module_name:
+                raise
+            continue  # stage not built yet in this checkout
+        app.command(name=name, help=module.__doc__.strip().splitlines()[0] if module.__doc__ else help_text)(
+            module.main
+        )
+    return app
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    requested = sys.argv[1] if len(sys.argv) > 1 else None
+    build_app(requested)()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Reading the teacher's cached hidden states: the contract between `extract` and everything after it.
+
+A store is a zarr v3 group `data/hidden/<split>.zarr`:
+- array `hidden`: (n_examples, n_layers, d_model), float16 by default; chunks (shard_examples, 1, d_model)
+  so one layer of many examples is one contiguous read, grouped into shards of whole example blocks.
+- array `option_logits` (only when the teacher has an LM head): (n_examples, MAX_CHOICES) float32, the
+  teacher's next-token logits on the option letters at the answer position, NaN beyond an example's choices.
+- attributes: `example_ids` (store order = the split's parquet order), `layers` (teacher layer index of each
+  store slot; 0 is the embedding output, i is block i's output), `complete` (written last: the marker),
+  and the provenance (teacher, prompt, dtype, versions, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from stages.errors import InputError
+
+HIDDEN = "hidden"
+OPTION_LOGITS = "option_logits"
+COMPLETE = "complete"
+
+
+@dataclass
+class HiddenStore:
+    path: Path
+    group: Any
+
+    @classmethod
+    def open(cls, path: str | Path) -> HiddenStore:
+        path = Path(path)
+        if not path.exists():
+            raise InputError(f"{path}: hidden-state store not found (run `dvc repro extract` first)")
+        group = zarr.open_group(str(path), mode="r")
+        if not group.attrs.get(COMPLETE, False):
+            raise InputError(f"{path}: hidden-state store is unfinished (extraction was interrupted); rerun extract")
+        return cls(path=path, group=group)
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self.group.attrs)
+
+    @property
+    def example_ids(self) -> list[str]:
+        return list(self.group.attrs["example_ids"])
+
+    @property
+    def layers(self) -> list[int]:
+        """Teacher layer index held in each store slot (0 = embedding output)."""
+        return list(self.group.attrs["layers"])
+
+    @property
+    def n_teacher_layers(self) -> int:
+        """Number of hidden-state layers the teacher has (embedding output included)."""
+        return int(self.group.attrs["n_teacher_layers"])
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        n_examples, n_layers, d_model = self.group[HIDDEN].shape
+        return int(n_examples), int(n_layers), int(d_model)
+
+    def slot_of(self, layer: int) -> int:
+        """Store slot holding teacher `layer`; negative layers count from the teacher's last."""
+        resolved = layer + self.n_teacher_layers if layer < 0 else layer
+        if resolved not in self.layers:
+            raise InputError(
+                f"layer {layer} is not in {self.path} (it holds teacher layers {self.layers}; "
+                f"valid range {-self.n_teacher_layers}..{self.n_teacher_layers - 1})"
+            )
+        return self.layers.index(resolved)
+
+    def read_layer(self, slot: int) -> np.ndarray:
+        """(n_examples, d_model) float32 for one store slot: one contiguous read per shard."""
+        return np.asarray(self.group[HIDDEN][:, slot, :], dtype=np.float32)
+
+    def option_logits(self) -> np.ndarray | None:
+        """(n_examples, MAX_CHOICES) float32 with NaN beyond each example's choices, or None (no LM head)."""
+        if OPTION_LOGITS not in self.group:
+            return None
+        return np.asarray(self.group[OPTION_LOGITS][:], dtype=np.float32)
+
+    def require_option_logits(self, why: str) -> np.ndarray:
+        logits = self.option_logits()
+        if logits is None:
+            teacher = self.group.attrs.get("teacher", {})
+            raise InputError(
+                f"{why} needs the teacher's option-letter logits, but {self.path} has none: teacher "
+                f"{teacher.get('model', '?')} has no LM head (encoder-only). Use an arm that does not need them."
+            )
+        return logits
