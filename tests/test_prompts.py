@@ -1,0 +1,29 @@
+import pytest
+
+from stages.errors import InputError
+from stages.prompts import PromptConfig, format_prompt
+
+
+def test_default_prompt_letters_by_position():
+    prompt = format_prompt("Which is a fruit?", ["stone", "apple", "cloud"])
+    assert prompt == "Which is a fruit?\nA. stone\nB. apple\nC. cloud\nAnswer:"
+
+
+def test_custom_option_format_and_digest_changes():
+    config = PromptConfig(template="Q: {question}\n{options}\nA:", option_format="({letter}) {text}")
+    assert format_prompt("q", ["x", "y"], config) == "Q: q\n(A) x\n(B) y\nA:"
+    assert config.digest != PromptConfig().digest
+    assert PromptConfig().digest == PromptConfig().digest
+
+
+@pytest.mark.parametrize("n_choices", [1, 27])
+def test_choice_count_out_of_range(n_choices):
+    with pytest.raises(InputError, match=r"2\.\.26 choices"):
+        format_prompt("q", ["x"] * n_choices)
+
+
+def test_template_must_hold_fields():
+    with pytest.raises(InputError, match=r"prompt.template must contain \{options\}"):
+        PromptConfig(template="{question} Answer:")
+    with pytest.raises(InputError, match="unknown key"):
+        PromptConfig.from_params({"template": "{question}{options}", "typo": 1})
