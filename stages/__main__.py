@@ -12,6 +12,8 @@ import sys
 
 import typer
 
+from stages.launch import relaunch_if_requested
+
 # stage name -> (module, one-line help). Keep in step with dvc.yaml.
 STAGES: dict[str, tuple[str, str]] = {
     "prepare": ("stages.prepare", "Load a dataset into the canonical schema; write labeled/transfer/val/test."),
@@ -32,6 +34,12 @@ def build_app(requested: str | None) -> typer.Typer:
         add_completion=False,
         pretty_exceptions_enable=False,
     )
+
+    @app.callback()
+    def pipeline() -> None:
+        """Probe-KD pipeline stages; dvc.yaml runs them as `python -m stages <stage>`."""
+        # A callback keeps typer in multi-command mode even when only one stage is registered.
+
     names = [requested] if requested in STAGES else list(STAGES)
     for name in names:
         module_name, help_text = STAGES[name]
@@ -41,14 +49,14 @@ def build_app(requested: str | None) -> typer.Typer:
             if error.name != module_name:
                 raise
             continue  # stage not built yet in this checkout
-        app.command(name=name, help=module.__doc__.strip().splitlines()[0] if module.__doc__ else help_text)(
-            module.main
-        )
+        # The command's own docstring is its --help; the table's line is the fallback.
+        app.command(name=name, help=None if module.main.__doc__ else help_text)(module.main)
     return app
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    relaunch_if_requested(sys.argv[1:])
     requested = sys.argv[1] if len(sys.argv) > 1 else None
     build_app(requested)()
 
