@@ -89,3 +89,39 @@ def read_split(path: str | Path) -> Split:
         sources=optional("source"),
         subjects=optional("subject"),
     )
+
+
+def example_problem(example: dict) -> str | None:
+    """Why `example` is not a valid canonical example, or None when it is.
+
+    Checks one row on its own; unique ids across rows are the caller's job (it knows the file and line).
+    """
+    example_id = example.get("id")
+    if not isinstance(example_id, str) or not example_id.strip():
+        return f"missing or empty id (got {example_id!r})"
+    question = example.get("question")
+    if not isinstance(question, str) or not question.strip():
+        return "empty question"
+    choices = example.get("choices")
+    if not isinstance(choices, (list, tuple)) or not all(isinstance(choice, str) for choice in choices):
+        return f"choices must be a list of strings (got {type(choices).__name__})"
+    if not 2 <= len(choices) <= MAX_CHOICES:
+        return f"{len(choices)} choices; a question needs 2..{MAX_CHOICES}"
+    answer = example.get("answer")
+    if answer is None:
+        return "missing answer"
+    if isinstance(answer, bool) or not isinstance(answer, (int, np.integer)):
+        return f"answer must be an integer index into choices (got {answer!r})"
+    if not 0 <= int(answer) < len(choices):
+        return f"answer {answer} out of range for {len(choices)} choices (0..{len(choices) - 1})"
+    for name in ("source", "subject"):
+        if example.get(name) is not None and not isinstance(example[name], str):
+            return f"{name} must be a string or null (got {example[name]!r})"
+    return None
+
+
+def validate_example(example: dict, where: str) -> None:
+    """Raise InputError naming `where` (file and line) when `example` is not a valid canonical example."""
+    problem = example_problem(example)
+    if problem is not None:
+        raise InputError(f"{where}: {problem}")

@@ -1,0 +1,152 @@
+"""Load a dataset into the canonical schema; write labeled/transfer/val/test.
+
+Reads params `seed`, `data` and `builtin.task`; writes `data/prepared/{labeled,transfer,val,test}.parquet`
+(the whole folder atomically; every file records dataset, origin, seed, counts and skipped rows).
+
+Split rule. Every example gets a rank: sha256 of (seed, id). Ranking by a per-example hash, not a shuffle,
+means an example's place never depends on how big its pool is. The dataset's own splits are used:
+train -> the pool, val (dev/validation) -> val, test -> test; val and test keep their first `data.val` and
+`data.test` examples in rank order. From the pool, `labeled` = the FIRST `data.labeled` in rank order and
+`transfer` = the LAST `data.transfer`: disjoint, and a sweep over `data.labeled` leaves `transfer` (and its
+cached teacher features) unchanged.
+Carving, logged whenever it happens: a dataset without a training split (MMLU: dev + val; the public AQuA-RAT
+copy: dev only) gives its first `data.val` val examples in rank order to `val` and the rest to the pool. A source
+without val (or test) gives the first `data.test` of the pool to test, then the next `data.val` to val.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from stages.atomic import atomic_path
+from stages.datasets_io import LoadedDataset, load_dataset_splits
+from stages.errors import InputError, exits_cleanly
+from stages.params import load_params, section
+from stages.schema import SPLITS, write_split
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """The `data` section of params.yaml."""
+
+    dataset: str = "builtin"
+    """builtin | arc_easy | arc_challenge | mmlu | aqua_rat | path to a canonical file or save_to_disk folder."""
+    path: str | None = None
+    """Local copy of arc_*/mmlu/aqua_rat in its original published format; null loads from the hub."""
+    labeled: int = 64
+    """Examples with gold answers the student may train on (the limited-data budget)."""
+    transfer: int = 1024
+    """Further training examples, labeled only by the teacher / probe (gold kept for diagnostics)."""
+    val: int = 256
+    """At most this many validation examples."""
+    test: int = 512
+    """At most this many test examples."""
+    on_invalid: str = "error"
+    """error | skip: skipping drops bad rows and reports how many per file."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.dataset, str) or not self.dataset.strip():
+            raise InputError(f"data.dataset must be a dataset name or a path; got {self.dataset!r}")
+        if self.path is not None and not isinstance(self.path, str):
+            raise InputError(f"data.path must be a folder path or null; got {self.path!r}")
+        for name, minimum in (("labeled", 1), ("transfer", 0), ("val", 1), ("test", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise InputError(f"data.{name} must be an integer >= {minimum}; got {value!r}")
+        if self.on_invalid not in ("error", "skip"):
+            raise InputError(f"data.on_invalid must be `error` or `skip`; got {self.on_invalid!r}")
+
+    @classmethod
+    def from_params(cls, data_params: dict) -> PrepareConfig:
+        unknown = set(data_params) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise InputError(f"params.yaml: unknown key(s) in `data`: {sorted(unknown)}")
+        return cls(**data_params)
+
+
+def rank_order(examples: list[dict], seed: int) -> list[dict]:
+    """Examples sorted by sha256(seed, id): stable whatever else is in the pool."""
+    return sorted(examples, key=lambda example: hashlib.sha256(f"{seed}\x00{example['id']}".encode()).digest())
+
+
+def assign_splits(splits: dict[str, list[dict]], config: PrepareConfig, seed: int) -> tuple[dict, list[str]]:
+    """Canonical examples by dataset role -> the four prepared splits, plus notes on any carving done."""
+    ranked = {role: rank_order(examples, seed) for role, examples in splits.items() if examples}
+    notes: list[str] = []
+    if "train" not in ranked and "val" in ranked:
+        n_val = min(config.val, len(ranked["val"]))
+        ranked["val"], ranked["train"] = ranked["val"][:n_val], ranked["val"][n_val:]
+        notes.append(f"no training split: val keeps {n_val} examples, the other {len(ranked['train'])} form the pool")
+    pool = ranked.get("train", [])
+    for role, size in (("test", config.test), ("val", config.val)):
+        if role not in ranked:
+            ranked[role], pool = pool[:size], pool[size:]
+            notes.append(f"no {role} split: {role} = first {len(ranked[role])} examples of the training pool")
+    n_wanted = config.labeled + config.transfer
+    if n_wanted > len(pool):
+        raise InputError(
+            f"data.labeled={config.labeled} + data.transfer={config.transfer} = {n_wanted}, but the training pool "
+            f"of {config.dataset} has only {len(pool)} examples; lower data.labeled or data.transfer"
+        )
+    prepared = {
+        "labeled": pool[: config.labeled],
+        "transfer": pool[len(pool) - config.transfer :],
+        "val": ranked["val"][: config.val],
+        "test": ranked["test"][: config.test],
+    }
+    for role in ("val", "test"):
+        if not prepared[role]:
+            raise InputError(f"{config.dataset}: the {role} split is empty (the training pool was too small to carve)")
+    return prepared, [*notes, f"pool of {len(pool)} training examples"]
+
+
+def prepare(config: PrepareConfig, seed: int, builtin_task: dict, out_dir: Path) -> dict[str, int]:
+    """Load, split, and write the four parquet files into `out_dir` atomically; returns the counts."""
+    loaded: LoadedDataset = load_dataset_splits(config.dataset, config.path, config.on_invalid, builtin_task, seed)
+    prepared, notes = assign_splits(loaded.splits, config, seed)
+    for note in notes:  # carving changes what the splits mean: say so loudly
+        (log.info if note.startswith("pool of") else log.warning)("%s: %s", config.dataset, note)
+    counts = {name: len(prepared[name]) for name in SPLITS}
+    metadata = {
+        "dataset": config.dataset,
+        "origin": loaded.origin,
+        "seed": str(seed),
+        "counts": json.dumps(counts, sort_keys=True),
+        "skipped": json.dumps(loaded.skipped, sort_keys=True),
+        "carving": json.dumps(notes),
+        "config": json.dumps(asdict(config), sort_keys=True),
+    }
+    with atomic_path(out_dir, directory=True) as temp:
+        temp.mkdir(parents=True, exist_ok=True)
+        for name in SPLITS:
+            write_split(prepared[name], temp / f"{name}.parquet", {**metadata, "split": name})
+    log.info("wrote %s: %s", out_dir, counts)
+    return counts
+
+
+@exits_cleanly
+def main(
+    params_file: Annotated[Path, typer.Option(help="Parameters file (reads seed, data, builtin.task).")] = Path(
+        "params.yaml"
+    ),
+    out_dir: Annotated[Path, typer.Option(help="Folder for {labeled,transfer,val,test}.parquet.")] = Path(
+        "data/prepared"
+    ),
+) -> None:
+    """Load a dataset into the canonical schema; write labeled/transfer/val/test parquet splits."""
+    params = load_params("prepare", params_file)
+    config = PrepareConfig.from_params(section(params, "data"))
+    seed = params.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise InputError(f"params.yaml: seed must be an integer; got {seed!r}")
+    builtin_task = section(section(params, "builtin"), "task") if config.dataset == "builtin" else {}
+    prepare(config, seed, builtin_task, out_dir)
