@@ -179,11 +179,18 @@ def aqua_example(record: dict, example_id: str) -> dict:
     return {
         "id": example_id,
         "question": record["question"],
-        "choices": [AQUA_PREFIX.sub("", option, count=1) for option in options],
+        "choices": [strip_aqua_prefix(option, letter) for option, letter in zip(options, LETTERS, strict=False)],
         "answer": LETTERS.index(correct),  # options are positional: "A)..." is always first
         "source": None,
         "subject": None,
     }
+
+
+def strip_aqua_prefix(option: str, letter: str) -> str:
+    """`"A)12"` -> `"12"`. The positional prefix is stripped as often as it repeats: test.json line 30 reads
+    `"A)A)59"`. An option with another letter's prefix loses that one prefix (`^[A-E]\\)\\s*`)."""
+    stripped = re.sub(rf"^(?:{letter}\)\s*)+", "", option)
+    return stripped if stripped != option else AQUA_PREFIX.sub("", option, count=1)
 
 
 # ---------------------------------------------------------------- local copies in their original formats

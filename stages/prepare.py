@@ -142,7 +142,18 @@ def main(
         "data/prepared"
     ),
 ) -> None:
-    """Load a dataset into the canonical schema; write labeled/transfer/val/test parquet splits."""
+    """Load a dataset into the canonical schema; write labeled/transfer/val/test parquet splits.
+
+    Sources (data.dataset): builtin, arc_easy, arc_challenge, mmlu, aqua_rat, or a canonical file/folder.
+
+    data.path: a local copy of arc_*/mmlu/aqua_rat in its original format; null loads from the hub.
+
+    Split rule: examples are ranked by sha256(seed, id); labeled = the first data.labeled of the pool.
+
+    transfer = the last data.transfer of the pool, so a sweep over data.labeled keeps transfer fixed.
+
+    Bad rows stop the stage (exit 2, file and line named) unless data.on_invalid is skip.
+    """
     params = load_params("prepare", params_file)
     config = PrepareConfig.from_params(section(params, "data"))
     seed = params.get("seed")

@@ -106,7 +106,7 @@ def example_problem(example: dict) -> str | None:
     if not isinstance(choices, (list, tuple)) or not all(isinstance(choice, str) for choice in choices):
         return f"choices must be a list of strings (got {type(choices).__name__})"
     if not 2 <= len(choices) <= MAX_CHOICES:
-        return f"{len(choices)} choices; a question needs 2..{MAX_CHOICES}"
+        return f"{len(choices)} choice{'' if len(choices) == 1 else 's'}; a question needs 2..{MAX_CHOICES}"
     answer = example.get("answer")
     if answer is None:
         return "missing answer"
