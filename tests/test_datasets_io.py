@@ -195,8 +195,10 @@ def test_canonical_formats_agree(tmp_path):
     (tmp_path / "a.csv").write_text("\n".join(csv_lines) + "\n")
     by_split = {s: [r for r in rows if r["split"] == s] for s in ("train", "val", "test")}
     datasets.DatasetDict(
-        {s: datasets.Dataset.from_list([{k: v for k, v in r.items() if k != "split"} for r in part])
-         for s, part in by_split.items()}  # fmt: skip
+        {
+            s: datasets.Dataset.from_list([{k: v for k, v in r.items() if k != "split"} for r in part])
+            for s, part in by_split.items()
+        }  # fmt: skip
     ).save_to_disk(str(tmp_path / "disk"))
     for path in ("a.json", "a.parquet", "a.csv", "disk"):
         assert roles_and_answers(load_dataset_splits(str(tmp_path / path), None, "error")) == expected, path
