@@ -208,3 +208,44 @@ def test_canonical_csv_bad_answer_names_line(tmp_path):
     (tmp_path / "a.csv").write_text('id,question,choices,answer\nq1,Q?,"[""a"", ""b""]",1\nq2,Q?,"[""a""]",x\n')
     with pytest.raises(InputError, match=r"a.csv line 3: 1 choice"):
         load_dataset_splits(str(tmp_path / "a.csv"), None, "error")
+
+
+# ------------------------------------------------------------------ hub rows (load_dataset replaced: no network)
+
+
+def fake_hub(monkeypatch, splits: dict[str, list[dict]]) -> list[tuple]:
+    import datasets
+
+    calls: list[tuple] = []
+
+    def load_dataset(hub_id, config):
+        calls.append((hub_id, config))
+        return datasets.DatasetDict({name: datasets.Dataset.from_list(rows) for name, rows in splits.items()})
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    return calls
+
+
+def test_hub_arc_rows(monkeypatch):
+    row = {"id": "NYSEDREGENTS_1", "question": "Q?", "choices": {"text": ["a", "b", "c"], "label": ["1", "2", "3"]}}
+    calls = fake_hub(monkeypatch, {"train": [{**row, "answerKey": "3"}], "validation": [], "test": []})
+    loaded = load_dataset_splits("arc_challenge", None, "error")
+    assert calls == [("allenai/ai2_arc", "ARC-Challenge")] and loaded.origin == "allenai/ai2_arc:ARC-Challenge"
+    assert loaded.splits["train"][0]["answer"] == 2 and loaded.splits["train"][0]["choices"] == ["a", "b", "c"]
+
+
+def test_hub_mmlu_ids_match_the_local_release_and_auxiliary_train_is_ignored(monkeypatch):
+    row = {"question": "Q?", "subject": "abstract_algebra", "choices": ["a", "b", "c", "d"], "answer": 1}
+    fake_hub(monkeypatch, {"dev": [row, row], "validation": [row], "test": [row], "auxiliary_train": [row]})
+    loaded = load_dataset_splits("mmlu", None, "error")
+    assert [e["id"] for e in loaded.splits["val"]] == ["abstract_algebra_dev-0", "abstract_algebra_dev-1",
+                                                       "abstract_algebra_val-0"]  # fmt: skip
+    assert set(loaded.splits) == {"val", "test"} and loaded.splits["test"][0]["subject"] == "abstract_algebra"
+
+
+def test_hub_aqua_validation_is_dev(monkeypatch):
+    row = {"question": "Q?", "options": ["A)1", "B) 2", "C)3"], "rationale": "r", "correct": "B"}
+    fake_hub(monkeypatch, {"train": [row], "validation": [row], "test": [row]})
+    loaded = load_dataset_splits("aqua_rat", None, "error")
+    assert loaded.splits["val"][0]["id"] == "dev-0" and loaded.splits["train"][0]["choices"] == ["1", "2", "3"]
+    assert loaded.splits["train"][0]["answer"] == 1
