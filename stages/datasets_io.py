@@ -328,6 +328,9 @@ def read_canonical(path: Path, on_invalid: str) -> LoadedDataset:
         )
     collector = RowCollector(on_invalid, str(path))
     for where, record in canonical_records(path, collector):
+        if not isinstance(record, dict):
+            collector.reject(str(path), where, f"unparsable row: expected an object, got {type(record).__name__}")
+            continue
         role = ROLE_ALIASES.get(str(record.pop("split", "train") or "train").lower())
         if role is None:
             collector.reject(str(path), where, "split must be one of train / val / validation / dev / test")
@@ -359,6 +362,8 @@ def canonical_records(path: Path, collector: RowCollector) -> Iterator[tuple[str
             records = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
             raise InputError(f"{path} line {error.lineno}: unparsable JSON ({error.msg})") from None
+        if not isinstance(records, list):
+            raise InputError(f"{path}: expected a JSON array of examples (or one JSON object per line)")
         for index, record in enumerate(records):
             yield f"{path} row {index}", record
     elif path.suffix == ".csv":

@@ -98,7 +98,7 @@ def example_problem(example: dict) -> str | None:
     """
     example_id = example.get("id")
     if not isinstance(example_id, str) or not example_id.strip():
-        return f"missing or empty id (got {example_id!r})"
+        return f"id must be a non-empty string (got {example_id!r})"
     question = example.get("question")
     if not isinstance(question, str) or not question.strip():
         return "empty question"

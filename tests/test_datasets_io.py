@@ -249,3 +249,12 @@ def test_hub_aqua_validation_is_dev(monkeypatch):
     loaded = load_dataset_splits("aqua_rat", None, "error")
     assert loaded.splits["val"][0]["id"] == "dev-0" and loaded.splits["train"][0]["choices"] == ["1", "2", "3"]
     assert loaded.splits["train"][0]["answer"] == 1
+
+
+def test_canonical_non_string_id_and_non_object_row(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"id": 5, "question": "Q?", "choices": ["a", "b"], "answer": 0}\n')
+    with pytest.raises(InputError, match=r"a.jsonl line 1: id must be a non-empty string \(got 5\)"):
+        load_dataset_splits(str(tmp_path / "a.jsonl"), None, "error")
+    (tmp_path / "b.jsonl").write_text('["not", "an", "object"]\n')
+    with pytest.raises(InputError, match=r"b.jsonl line 1: unparsable row: expected an object, got list"):
+        load_dataset_splits(str(tmp_path / "b.jsonl"), None, "error")
