@@ -93,9 +93,14 @@ def assign_splits(splits: dict[str, list[dict]], config: PrepareConfig, seed: in
             notes.append(f"no {role} split: {role} = first {len(ranked[role])} examples of the training pool")
     n_wanted = config.labeled + config.transfer
     if n_wanted > len(pool):
+        carved = (
+            ""
+            if "train" in splits
+            else f" (it has no training split: the pool is what val leaves after data.val={config.val})"
+        )
         raise InputError(
             f"data.labeled={config.labeled} + data.transfer={config.transfer} = {n_wanted}, but the training pool "
-            f"of {config.dataset} has only {len(pool)} examples; lower data.labeled or data.transfer"
+            f"of {config.dataset} has only {len(pool)} examples{carved}; lower data.labeled or data.transfer"
         )
     prepared = {
         "labeled": pool[: config.labeled],

@@ -134,7 +134,8 @@ def test_real_aqua_copy_carves_and_reports_the_small_pool(tmp_path):
     if not (SHARED / "aqua_rat").exists():
         pytest.skip(f"real AQuA-RAT copy {SHARED / 'aqua_rat'} not found (expected ../shared/data)")
     config = PrepareConfig(dataset="aqua_rat", path=str(SHARED / "aqua_rat"), labeled=64, transfer=1024)
-    with pytest.raises(InputError, match=r"= 1088, but the training pool of aqua_rat has only 0 examples"):
+    message = r"= 1088, but the training pool of aqua_rat has only 0 examples \(it has no training split: the pool is"
+    with pytest.raises(InputError, match=message + r" what val leaves after data.val=256\)"):
         prepare(config, 0, {}, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     config = PrepareConfig(dataset="aqua_rat", path=str(SHARED / "aqua_rat"), labeled=32, transfer=150, val=54)
