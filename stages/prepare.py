@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -79,7 +79,9 @@ def rank_order(examples: list[dict], seed: int) -> list[dict]:
 
 
 def assign_splits(splits: dict[str, list[dict]], config: PrepareConfig, seed: int) -> tuple[dict, list[str]]:
-    """Canonical examples by dataset role -> the four prepared splits, plus notes on any carving done."""
+    """Canonical examples by dataset role -> the four prepared splits, plus notes on any carving done.
+
+    The last note is always `pool of <n> training examples`."""
     ranked = {role: rank_order(examples, seed) for role, examples in splits.items() if examples}
     notes: list[str] = []
     if "train" not in ranked and "val" in ranked:
@@ -121,19 +123,21 @@ def prepare(config: PrepareConfig, seed: int, builtin_task: dict, out_dir: Path)
     for note in notes:  # carving changes what the splits mean: say so loudly
         (log.info if note.startswith("pool of") else log.warning)("%s: %s", config.dataset, note)
     counts = {name: len(prepared[name]) for name in SPLITS}
+    # Only what shapes every file goes in every file: a file's bytes must not depend on another split's size,
+    # or a sweep over data.labeled would change transfer.parquet and rerun the transfer extraction.
     metadata = {
         "dataset": config.dataset,
         "origin": loaded.origin,
         "seed": str(seed),
-        "counts": json.dumps(counts, sort_keys=True),
+        "on_invalid": config.on_invalid,
         "skipped": json.dumps(loaded.skipped, sort_keys=True),
         "carving": json.dumps(notes),
-        "config": json.dumps(asdict(config), sort_keys=True),
     }
     with atomic_path(out_dir, directory=True) as temp:
         temp.mkdir(parents=True, exist_ok=True)
         for name in SPLITS:
-            write_split(prepared[name], temp / f"{name}.parquet", {**metadata, "split": name})
+            own = {"split": name, "n_examples": str(counts[name])}
+            write_split(prepared[name], temp / f"{name}.parquet", {**metadata, **own})
     log.info("wrote %s: %s", out_dir, counts)
     return counts
 

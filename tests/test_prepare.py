@@ -104,8 +104,12 @@ def test_mmlu_fixture_end_to_end_with_metadata(tmp_path):
     assert counts == {"labeled": 2, "transfer": 3, "val": 2, "test": 3}
     metadata = pq.read_schema(tmp_path / "prepared" / "labeled.parquet").metadata
     assert metadata[b"dataset"] == b"mmlu" and metadata[b"origin"] == str(DATA / "mmlu").encode()
-    assert metadata[b"seed"] == b"7" and json.loads(metadata[b"counts"]) == counts
-    assert json.loads(metadata[b"skipped"]) == {} and metadata[b"split"] == b"labeled"
+    assert metadata[b"seed"] == b"7" and metadata[b"n_examples"] == b"2" and metadata[b"split"] == b"labeled"
+    assert json.loads(metadata[b"skipped"]) == {}
+    assert json.loads(metadata[b"carving"]) == [
+        "no training split: val keeps 2 examples, the other 7 form the pool",
+        "pool of 7 training examples",
+    ]
     test = read_split(tmp_path / "prepared" / "test.parquet")
     assert set(test.subjects) <= {"abstract_algebra", "high_school_physics"} and test.n_choices.tolist() == [4] * 3
 
@@ -118,6 +122,20 @@ def test_same_seed_gives_identical_bytes(tmp_path):
     for name in SPLITS:
         assert (tmp_path / "a" / f"{name}.parquet").read_bytes() == (tmp_path / "b" / f"{name}.parquet").read_bytes()
     assert read_split(tmp_path / "a" / "labeled.parquet").ids != read_split(tmp_path / "c" / "labeled.parquet").ids
+
+
+def test_labeled_sweep_leaves_transfer_val_and_test_files_byte_identical(tmp_path):
+    dataset = str(DATA / "canonical" / "examples.jsonl")
+    for n_labeled in (1, 4):
+        prepare(
+            PrepareConfig(dataset=dataset, labeled=n_labeled, transfer=4, val=2, test=2),
+            0,
+            {},
+            tmp_path / f"{n_labeled}",
+        )
+    for name in ("transfer", "val", "test"):
+        assert (tmp_path / "1" / f"{name}.parquet").read_bytes() == (tmp_path / "4" / f"{name}.parquet").read_bytes()
+    assert (tmp_path / "1" / "labeled.parquet").read_bytes() != (tmp_path / "4" / "labeled.parquet").read_bytes()
 
 
 def test_skipped_rows_are_recorded_in_metadata(tmp_path):
