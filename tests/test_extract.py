@@ -1,0 +1,217 @@
+"""extract: cached states equal a plain forward's, store layout and attributes, resume, errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from stages.errors import InputError
+from stages.extract import ExtractConfig, extract_split, to_store_dtype
+from stages.extract_batches import collate, shard_batches, tokenize_prompts
+from stages.hf_models import load_model, resolve
+from stages.hidden_store import HiddenStore
+from stages.prompts import LETTERS, PromptConfig, format_prompt
+from stages.schema import read_split, write_split
+from stages.store_writer import DONE, partial_path
+from tests.tiny_models import make_tiny_causal_lm, make_tiny_encoder
+
+PROMPT = PromptConfig()
+N_EXAMPLES = 11
+
+
+def make_rows(n: int) -> list[dict]:
+    words = ["apple", "stone", "river", "cloud", "fox", "dog", "sky", "brown"]
+    rows = []
+    for i in range(n):
+        n_choices = 2 + i % 3
+        question = "Which of these is a fruit? " + " ".join(words[: 1 + (i * 3) % 7])  # varied lengths
+        rows.append({"id": f"q{i}", "question": question, "choices": words[i % 4 : i % 4 + n_choices], "answer": 0})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def causal_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("causal")
+    folder = make_tiny_causal_lm(root / "weights")
+    resolve(str(folder), revision=None, trust_remote_code=False).save(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("encoder")
+    folder = make_tiny_encoder(root / "weights")
+    resolve(str(folder), revision=None, trust_remote_code=False).save(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def split_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "test.parquet"
+    write_split(make_rows(N_EXAMPLES), path)
+    return path
+
+
+def reference(model_dir: Path, split_path: Path, letter_ids=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(examples, layers, d_model) and (examples, n_letters) from plain one-example forwards."""
+    model, tokenizer, ref = load_model(model_dir, dtype=torch.float32)
+    split = read_split(split_path)
+    states, logits = [], []
+    for question, choices in zip(split.questions, split.choices, strict=True):
+        encoded = tokenizer(format_prompt(question, choices, PROMPT), return_tensors="pt")
+        special = tokenizer.get_special_tokens_mask(encoded["input_ids"][0].tolist(), already_has_special_tokens=True)
+        position = max(i for i, s in enumerate(special) if s == 0)
+        with torch.no_grad():
+            output = model(**encoded, output_hidden_states=True)
+        states.append(torch.stack([h[0, position] for h in output.hidden_states]).numpy())
+        if ref.kind == "causal_lm":
+            logits.append(output.logits[0, position, letter_ids].numpy())
+    return np.stack(states), (np.stack(logits) if logits else None)
+
+
+def run(model_dir: Path, split_path: Path, out: Path, **overrides) -> HiddenStore:
+    config = ExtractConfig(**{"batch_size": 4, "shard_examples": 4, "device": "cpu", **overrides})
+    extract_split(read_split(split_path), model_dir, out, PROMPT, config)
+    return HiddenStore.open(out)
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_causal_states_and_logits_match_plain_forward(causal_dir, split_path, tmp_path, monkeypatch, padding_side):
+    sides = []
+
+    def collate_on_side(tokens, rows, pad_id, side):
+        sides.append(side)
+        return collate(tokens, rows, pad_id, padding_side)
+
+    monkeypatch.setattr("stages.extract.collate", collate_on_side)
+    store = run(causal_dir, split_path, tmp_path / "h.zarr")
+    assert sides  # the patched collate was used
+    letter_ids = store.attrs["letter_token_ids"]
+    expected, expected_logits = reference(causal_dir, split_path, letter_ids)
+    # The tiny BPE has no single ` A` token, so the bare-letter rule applies.
+    rule = store.attrs["letter_rule"]
+    tokenizer = load_model(causal_dir)[1]
+    prefix = " " if rule == "space" else ""
+    assert letter_ids == [tokenizer.encode(prefix + x, add_special_tokens=False)[0] for x in LETTERS[:4]]
+    assert tokenizer.encode(" A", add_special_tokens=False) != [letter_ids[0]] or rule == "space"
+    assert store.shape == (N_EXAMPLES, 4, 32)
+    got = np.stack([store.read_layer(slot) for slot in range(4)], axis=1)
+    np.testing.assert_allclose(got, expected, rtol=2e-3, atol=2e-3)
+    logits = store.option_logits()
+    n_choices = read_split(split_path).n_choices
+    for row in range(N_EXAMPLES):
+        np.testing.assert_allclose(logits[row, : n_choices[row]], expected_logits[row, : n_choices[row]], atol=1e-4)
+        assert np.isnan(logits[row, n_choices[row] :]).all()
+
+
+def test_encoder_states_match_and_no_logits(encoder_dir, split_path, tmp_path):
+    store = run(encoder_dir, split_path, tmp_path / "h.zarr", layers=[0, -2])  # early stop after block 1
+    expected, _ = reference(encoder_dir, split_path)
+    assert store.layers == [0, 1] and store.n_teacher_layers == 3
+    np.testing.assert_allclose(store.read_layer(1), expected[:, 1], rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(store.read_layer(store.slot_of(0)), expected[:, 0], rtol=2e-3, atol=2e-3)
+    assert store.option_logits() is None
+    assert store.attrs["has_option_logits"] is False
+
+
+def test_attributes_layout_and_layer_subset(causal_dir, split_path, tmp_path):
+    store = run(causal_dir, split_path, tmp_path / "h.zarr", layers=[-1, 1])
+    attrs = store.attrs
+    assert attrs["example_ids"] == [f"q{i}" for i in range(N_EXAMPLES)]
+    assert store.layers == [1, 3] and attrs["n_examples"] == N_EXAMPLES and attrs["d_model"] == 32
+    assert attrs["complete"] is True and attrs["dtype"] == "float16" and attrs["teacher"]["kind"] == "causal_lm"
+    assert attrs["prompt"]["digest"] == PROMPT.digest and attrs["position_rule"] == "last_non_special"
+    assert len(attrs["letter_token_ids"]) == 4
+    hidden = store.group["hidden"]
+    assert hidden.dtype == np.float16 and hidden.chunks == (4, 1, 32) and hidden.shards == (4, 2, 32)
+    assert not partial_path(tmp_path / "h.zarr").exists()
+    assert not (tmp_path / "h.zarr" / DONE).exists()
+
+
+def test_float16_overflow_names_layer_and_example():
+    hidden = np.zeros((2, 3, 4), dtype=np.float32)
+    hidden[1, 2, 3] = 1e6
+    with pytest.raises(InputError, match="teacher layer 7 of example b .*extract.dtype: float32"):
+        to_store_dtype(hidden, "float16", ["a", "b"], [0, 5, 7])
+    assert to_store_dtype(hidden, "float32", ["a", "b"], [0, 5, 7]) is hidden
+
+
+def test_bad_layer_is_refused():
+    with pytest.raises(InputError, match="extract.layers has 9 but the teacher has layers 0..3"):
+        ExtractConfig(layers=[9]).resolve_layers(4)
+    assert ExtractConfig(layers=[-1, 0, 4 - 1]).resolve_layers(4) == [0, 3]
+
+
+def test_unfinished_store_refused(causal_dir, split_path, tmp_path):
+    out = tmp_path / "h.zarr"
+    run(causal_dir, split_path, out)
+    zarr.open_group(str(out), mode="r+").attrs["complete"] = False
+    with pytest.raises(InputError, match="unfinished"):
+        HiddenStore.open(out)
+
+
+def tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+KILL_SCRIPT = """
+import os, sys
+from pathlib import Path
+import stages.store_writer as writer
+from stages.extract_batches import collate, shard_batches, tokenize_prompts
+from stages.extract import ExtractConfig, extract_split
+from stages.prompts import PromptConfig
+from stages.schema import read_split
+
+original = writer.write_shard
+def write_then_die(group, layout, shard, *rest):
+    if shard == 2:  # shards 0 and 1 are finished: die like a SIGKILL, no cleanup
+        os.kill(os.getpid(), 9)
+    original(group, layout, shard, *rest)
+writer.write_shard = write_then_die
+config = ExtractConfig(batch_size=4, shard_examples=4, device="cpu")
+extract_split(read_split(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), PromptConfig(), config)
+"""
+
+
+def test_killed_run_resumes_to_identical_bytes(causal_dir, split_path, tmp_path):
+    out = tmp_path / "killed.zarr"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    result = subprocess.run(
+        [sys.executable, "-c", KILL_SCRIPT, str(split_path), str(causal_dir), str(out)], env=env, check=False
+    )
+    assert result.returncode == -9
+    partial = partial_path(out)
+    assert sorted(p.name for p in (partial / DONE).iterdir()) == ["0", "1"] and not out.exists()
+    run(causal_dir, split_path, out)
+    run(causal_dir, split_path, tmp_path / "clean.zarr")
+    assert tree_bytes(out) == tree_bytes(tmp_path / "clean.zarr")
+    assert not partial.exists()  # renamed into place
+
+
+def test_collate_pads_on_either_side_and_tracks_the_answer(causal_dir):
+    tokenizer = load_model(causal_dir)[1]
+    tokens = tokenize_prompts(tokenizer, ["Answer:", "A longer prompt here. Answer:"], ["a", "b"])
+    rows = np.array([0, 1])
+    for side in ("left", "right"):
+        batch = collate(tokens, rows, pad_id=-1, padding_side=side)
+        for i, row in enumerate(rows):
+            kept = batch.input_ids[i][batch.attention_mask[i] == 1].tolist()
+            assert kept == tokens.input_ids[row]
+            answer = batch.input_ids[i, batch.answer_position[i]]
+            assert answer == tokens.input_ids[row][tokens.answer_index[row]]
+            assert batch.position_ids[i, batch.answer_position[i]] == tokens.answer_index[row]
+    assert batch.input_ids[0, -1] == -1  # right padding: the short row ends in padding
+
+
+def test_shard_batches_sort_by_length_inside_the_shard():
+    lengths = np.array([5, 1, 4, 2, 9, 3])
+    assert [b.tolist() for b in shard_batches(lengths, 0, 4, 2)] == [[1, 3], [2, 0]]
+    assert [b.tolist() for b in shard_batches(lengths, 4, 6, 8)] == [[5, 4]]
