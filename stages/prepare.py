@@ -1,7 +1,7 @@
 """Load a dataset into the canonical schema; write labeled/transfer/val/test.
 
 Reads params `seed`, `data` and `builtin.task`; writes `data/prepared/{labeled,transfer,val,test}.parquet`
-(the whole folder atomically; every file records dataset, origin, seed, counts and skipped rows).
+(the whole folder atomically; every file records dataset, origin, seed, its n_examples, skipped rows, carving).
 
 Split rule. Every example gets a rank: sha256 of (seed, id). Ranking by a per-example hash, not a shuffle,
 means an example's place never depends on how big its pool is. The dataset's own splits are used:
@@ -83,8 +83,9 @@ def assign_splits(splits: dict[str, list[dict]], config: PrepareConfig, seed: in
 
     The last note is always `pool of <n> training examples`."""
     ranked = {role: rank_order(examples, seed) for role, examples in splits.items() if examples}
+    has_train = "train" in ranked
     notes: list[str] = []
-    if "train" not in ranked and "val" in ranked:
+    if not has_train and "val" in ranked:
         n_val = min(config.val, len(ranked["val"]))
         ranked["val"], ranked["train"] = ranked["val"][:n_val], ranked["val"][n_val:]
         notes.append(f"no training split: val keeps {n_val} examples, the other {len(ranked['train'])} form the pool")
@@ -96,9 +97,7 @@ def assign_splits(splits: dict[str, list[dict]], config: PrepareConfig, seed: in
     n_wanted = config.labeled + config.transfer
     if n_wanted > len(pool):
         carved = (
-            ""
-            if "train" in splits
-            else f" (it has no training split: the pool is what val leaves after data.val={config.val})"
+            "" if has_train else f" (it has no training split: the pool is what val leaves after data.val={config.val})"
         )
         raise InputError(
             f"data.labeled={config.labeled} + data.transfer={config.transfer} = {n_wanted}, but the training pool "
