@@ -1,0 +1,187 @@
+"""The builtin task: a small world of made-up words in categories, its MC questions and its pretraining text.
+
+The world is `n_categories` real category nouns ("fruit", "tool", ...) with `words_per_category` made-up words
+each ("zabo is a fruit."). Questions ask either "Which of these is a fruit?" (one member, distractors from
+other categories) or "What is zabo?" (category names as options). Everything is a pure function of
+(task params, seed): the world from the seed, example i of a split from (seed, split, i).
+
+Two pretraining corpora come from the same world (see `sample_document`): the teacher's holds the facts plus
+answered MC questions in the pipeline's own prompt, answered mostly by option NUMBER or option TEXT and only
+sometimes by letter, with letters biased toward "A". So the teacher knows which slot is right (its hidden
+states at `Answer:` must hold it to predict the number) while its letter outputs are noisy: Probe-KD's premise
+in miniature. The student's corpus holds facts and plain sentences only, never an answered MC question.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from functools import lru_cache
+
+from stages.errors import InputError
+from stages.prompts import LETTERS, format_prompt
+
+CATEGORIES = (
+    "fruit", "tool", "bird", "metal", "dance", "river", "spice", "game",
+    "fish", "tree", "star", "song", "cloth", "drink", "stone", "flower",
+)  # fmt: skip
+CONSONANTS = "bdfgklmnprstvz"
+VOWELS = "aeiou"
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """The `builtin.task` section of params.yaml."""
+
+    n_categories: int = 8
+    """Categories in the world (at most 16)."""
+    words_per_category: int = 16
+    """Made-up words per category."""
+    n_choices: int = 4
+    """Options per question (2..n_categories)."""
+    n_train: int = 4096
+    """Pool the labeled and transfer splits are drawn from."""
+    n_val: int = 512
+    n_test: int = 1024
+
+    def __post_init__(self) -> None:
+        for name in ("n_categories", "words_per_category", "n_choices", "n_train", "n_val", "n_test"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"builtin.task.{name} must be a positive integer; got {value!r}")
+        if not 2 <= self.n_categories <= len(CATEGORIES):
+            raise InputError(f"builtin.task.n_categories must be 2..{len(CATEGORIES)}; got {self.n_categories}")
+        if not 2 <= self.n_choices <= self.n_categories:
+            raise InputError(
+                f"builtin.task.n_choices={self.n_choices}: options come from distinct categories, "
+                f"so it must be 2..n_categories ({self.n_categories})"
+            )
+
+    @classmethod
+    def from_params(cls, task: dict) -> TaskConfig:
+        unknown = set(task) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise InputError(f"params.yaml: unknown key(s) in `builtin.task`: {sorted(unknown)}")
+        return cls(**task)
+
+
+@dataclass(frozen=True)
+class World:
+    categories: tuple[str, ...]
+    members: tuple[tuple[str, ...], ...]  # members[c] = the made-up words of category c
+    n_choices: int
+
+    @property
+    def words(self) -> list[tuple[str, int]]:
+        return [(word, c) for c, words in enumerate(self.members) for word in words]
+
+
+@lru_cache(maxsize=8)
+def build_world(config: TaskConfig, seed: int) -> World:
+    rng = random.Random(f"builtin-world:{seed}")
+    categories = tuple(rng.sample(CATEGORIES, config.n_categories))
+    seen: set[str] = set(CATEGORIES)
+    words: list[str] = []
+    while len(words) < config.n_categories * config.words_per_category:
+        word = "".join(rng.choice(CONSONANTS) + rng.choice(VOWELS) for _ in range(rng.choice((2, 2, 3))))
+        if word not in seen:
+            seen.add(word)
+            words.append(word)
+    size = config.words_per_category
+    members = tuple(tuple(words[c * size : (c + 1) * size]) for c in range(config.n_categories))
+    return World(categories, members, config.n_choices)
+
+
+def article(noun: str) -> str:
+    return "an" if noun[0] in "aeiou" else "a"
+
+
+def sample_question(world: World, rng: random.Random) -> tuple[str, list[str], int, str]:
+    """(question, choices, answer index, subject category) with fresh options and order."""
+    n_categories = len(world.categories)
+    categories = rng.sample(range(n_categories), world.n_choices)  # categories[0] is the right one
+    target = categories[0]
+    if rng.random() < 0.5:
+        question = f"Which of these is {article(world.categories[target])} {world.categories[target]}?"
+        options = [rng.choice(world.members[c]) for c in categories]
+    else:
+        word = rng.choice(world.members[target])
+        question = f"What is {word}?"
+        options = [world.categories[c] for c in categories]
+    order = list(range(world.n_choices))
+    rng.shuffle(order)
+    return question, [options[k] for k in order], order.index(0), world.categories[target]
+
+
+def dataset_splits(task: dict, seed: int) -> dict[str, list[dict]]:
+    """{train, val, test}: canonical examples; example i of a split depends only on (seed, split, i, world)."""
+    config = TaskConfig.from_params(task)
+    world = build_world(config, seed)
+    sizes = {"train": config.n_train, "val": config.n_val, "test": config.n_test}
+    splits: dict[str, list[dict]] = {}
+    for split in SPLIT_NAMES:
+        examples = []
+        for index in range(sizes[split]):
+            question, choices, answer, subject = sample_question(world, random.Random(f"{seed}:{split}:{index}"))
+            examples.append(
+                {
+                    "id": f"builtin-{split}-{index:05d}",
+                    "question": question,
+                    "choices": choices,
+                    "answer": answer,
+                    "source": "builtin",
+                    "subject": subject,
+                }
+            )
+        splits[split] = examples
+    return splits
+
+
+@dataclass(frozen=True)
+class CorpusMix:
+    """What a role's pretraining documents are made of (fractions of documents / of answers)."""
+
+    mc_fraction: float = 0.0
+    """Share of documents that are answered MC questions in the pipeline prompt (0 for the student)."""
+    letter_fraction: float = 0.0
+    """Share of those answered by letter; the rest half by option number (1..n), half by option text."""
+    letter_bias: float = 0.0
+    """Share of letter answers replaced by "A" whatever the right option: the teacher's brittle letter habit."""
+
+    def __post_init__(self) -> None:
+        for name in ("mc_fraction", "letter_fraction", "letter_bias"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+                raise InputError(f"builtin.<role>.{name} must be a number in [0, 1]; got {value!r}")
+
+
+def fact_sentence(world: World, rng: random.Random) -> str:
+    c = rng.randrange(len(world.categories))
+    word, category = rng.choice(world.members[c]), world.categories[c]
+    templates = (
+        f"{word} is {article(category)} {category}.",
+        f"{word} is a kind of {category}.",
+        f"One {category} is {word}.",
+    )
+    if rng.random() < 0.2:  # list sentences tie several members together
+        others = rng.sample(world.members[c], 3)
+        return f"{others[0]}, {others[1]} and {others[2]} are {category}s."
+    return rng.choice(templates)
+
+
+def answer_text(choices: list[str], answer: int, mix: CorpusMix, rng: random.Random) -> str:
+    draw = rng.random()
+    if draw < mix.letter_fraction:
+        return "A" if rng.random() < mix.letter_bias else LETTERS[answer]
+    if draw < mix.letter_fraction + (1.0 - mix.letter_fraction) / 2:
+        return str(answer + 1)
+    return choices[answer]
+
+
+def sample_document(world: World, mix: CorpusMix, rng: random.Random) -> str:
+    """One pretraining document: an answered MC question (share `mc_fraction`) or a few facts."""
+    if rng.random() < mix.mc_fraction:
+        question, choices, answer, _ = sample_question(world, rng)
+        return f"{format_prompt(question, choices)} {answer_text(choices, answer, mix, rng)}"
+    return " ".join(fact_sentence(world, rng) for _ in range(rng.randint(2, 4)))
