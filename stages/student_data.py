@@ -1,0 +1,101 @@
+"""What the student reads: prompts in its own tokenizer, its option-letter token ids, the seeded batch streams.
+
+Every arm draws the same batches: a fixed number of labeled and of transfer rows per step from two
+independently seeded, cycling permutations, so the arms differ only in their targets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from stages.errors import InputError
+from stages.prompts import LETTERS, PromptConfig, format_prompt
+from stages.schema import Split
+
+
+def letter_token_ids(tokenizer: Any, n_letters: int = len(LETTERS)) -> list[int]:
+    """Token id of each option letter as the next token after `Answer:`.
+
+    A letter after `Answer:` is usually written ` A`; tokenizers with a single token for the spaced form use
+    it, otherwise the bare letter. Both forms must give one distinct token per letter.
+    """
+    letters = LETTERS[:n_letters]
+    for form in (" {}", "{}"):
+        ids = [tokenizer.encode(form.format(letter), add_special_tokens=False) for letter in letters]
+        if all(len(token_ids) == 1 for token_ids in ids) and len({t[0] for t in ids}) == n_letters:
+            return [t[0] for t in ids]
+    raise InputError(
+        f"the student's tokenizer ({type(tokenizer).__name__}) has no single distinct token per option letter "
+        f"A..{letters[-1]}; choose another student"
+    )
+
+
+@dataclass(frozen=True)
+class EncodedSplit:
+    """A split's prompts in the student's tokenizer (unpadded) with its gold answers and valid slots."""
+
+    token_ids: list[list[int]]
+    answers: np.ndarray  # (n_examples,) int64
+    valid: np.ndarray  # (n_examples, MAX_CHOICES) bool
+
+    @property
+    def n_examples(self) -> int:
+        return len(self.token_ids)
+
+
+def encode_split(split: Split, tokenizer: Any, prompt: PromptConfig, max_length: int | None = None) -> EncodedSplit:
+    texts = [format_prompt(q, c, prompt) for q, c in zip(split.questions, split.choices, strict=True)]
+    token_ids = tokenizer(texts, add_special_tokens=True)["input_ids"]
+    if max_length is not None:
+        too_long = [i for i, ids in enumerate(token_ids) if len(ids) > max_length]
+        if too_long:
+            raise InputError(
+                f"{len(too_long)} prompt(s) exceed train.max_length={max_length} student tokens (e.g. example "
+                f"{split.ids[too_long[0]]!r}: {len(token_ids[too_long[0]])}); raise train.max_length"
+            )
+    return EncodedSplit(token_ids=list(token_ids), answers=split.answers, valid=split.valid_mask())
+
+
+def pad_batch(token_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded (input_ids, attention_mask, last_index), each row's answer position at last_index.
+
+    Right padding keeps position ids identical to the unpadded prompt, whatever the model does with them.
+    """
+    lengths = torch.tensor([len(ids) for ids in token_ids])
+    input_ids = torch.full((len(token_ids), int(lengths.max())), pad_id, dtype=torch.long)  # (batch, seq)
+    for row, ids in enumerate(token_ids):
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    attention_mask = (torch.arange(input_ids.shape[1])[None, :] < lengths[:, None]).long()
+    return input_ids, attention_mask, lengths - 1
+
+
+def cycling_indices(n_examples: int, seed: int) -> Iterator[int]:
+    """Endless stream of row indices: a fresh seeded permutation each pass over the rows."""
+    generator = np.random.default_rng(seed)
+    while True:
+        yield from generator.permutation(n_examples).tolist()
+
+
+@dataclass(frozen=True)
+class StepRows:
+    """Row indices one training step uses from each training split."""
+
+    labeled: list[int]
+    transfer: list[int]
+
+
+def step_rows(
+    n_labeled: int, n_transfer: int, labeled_per_step: int, transfer_per_step: int, seed: int
+) -> Iterator[StepRows]:
+    """The batch stream every arm shares: two independent seeded cycles over labeled and transfer."""
+    labeled_stream = cycling_indices(n_labeled, seed)
+    transfer_stream = cycling_indices(n_transfer, seed + 1) if n_transfer and transfer_per_step else iter(())
+    while True:
+        labeled = [next(labeled_stream) for _ in range(labeled_per_step)]
+        transfer = [next(transfer_stream) for _ in range(transfer_per_step)] if n_transfer else []
+        yield StepRows(labeled, transfer)
