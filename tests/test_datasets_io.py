@@ -53,6 +53,21 @@ def test_arc_digit_labels_map_by_position():
     assert len(regents) >= 22 and all(0 <= e["answer"] < len(e["choices"]) for e in regents)
 
 
+DIGIT_ROWS = {"arc_challenge": {"train": 23, "val": 4, "test": 22}, "arc_easy": {"train": 102, "val": 21, "test": 97}}
+
+
+@pytest.mark.parametrize("dataset", ["arc_challenge", "arc_easy"])
+def test_arc_digit_labelled_rows_match_the_readme_and_map_to_positions(dataset):
+    name = {"arc_challenge": "ARC-Challenge", "arc_easy": "ARC-Easy"}[dataset]
+    loaded = load_dataset_splits(dataset, str(shared("arc")), "error")
+    for role, part in (("train", "Train"), ("val", "Dev"), ("test", "Test")):
+        raw = [json.loads(line) for line in shared("arc", name, f"{name}-{part}.jsonl").read_text().splitlines()]
+        digit_keys = {r["id"]: r["answerKey"] for r in raw if r["question"]["choices"][0]["label"].isdigit()}
+        assert len(digit_keys) == DIGIT_ROWS[dataset][role]
+        answers = {e["id"]: e["answer"] for e in loaded.splits[role] if e["id"] in digit_keys}
+        assert answers == {i: int(key) - 1 for i, key in digit_keys.items()}  # labels run "1".."n" in order
+
+
 # ------------------------------------------------------------------ real AQuA-RAT files
 
 
