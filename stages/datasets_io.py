@@ -369,8 +369,10 @@ def canonical_records(path: Path, collector: RowCollector) -> Iterator[tuple[str
     elif path.suffix == ".csv":
         with path.open(encoding="utf-8", newline="") as handle:
             reader = csv.DictReader(handle)
+            start = 2  # the header is line 1
             for record in reader:
-                yield f"{path} line {reader.line_num}", csv_record(record)
+                yield f"{path} line {start}", csv_record(record)  # a quoted cell may span lines: the first
+                start = reader.line_num + 1
     elif path.suffix == ".parquet":
         import pyarrow.parquet as pq
 

@@ -273,3 +273,11 @@ def test_canonical_non_string_id_and_non_object_row(tmp_path):
     (tmp_path / "b.jsonl").write_text('["not", "an", "object"]\n')
     with pytest.raises(InputError, match=r"b.jsonl line 1: unparsable row: expected an object, got list"):
         load_dataset_splits(str(tmp_path / "b.jsonl"), None, "error")
+
+
+def test_canonical_csv_multiline_cell_reports_the_rows_first_line(tmp_path):
+    header = "id,question,choices,answer\n"
+    rows = 'q1,"two\nlines","[""a"", ""b""]",1\nq2,"also\ntwo","[""a"", ""b""]",2\n'
+    (tmp_path / "a.csv").write_text(header + rows)
+    with pytest.raises(InputError, match=r"a.csv line 4: answer 2 out of range for 2 choices"):
+        load_dataset_splits(str(tmp_path / "a.csv"), None, "error")
