@@ -1,0 +1,193 @@
+"""Per-layer probes on option slots, fitted for every layer and every cross-fitting fold at once.
+
+Pure torch, no I/O. A probe maps a standardised hidden state to one logit per option slot; slots beyond an
+example's choices get -inf. All (fold, layer) problems are independent, so their objectives are summed and
+minimised together by full-batch L-BFGS: one optimiser, batched matmuls, deterministic (zero or seeded init).
+
+Objective of one (fold, layer) problem, on that fold's training rows:
+    mean cross-entropy + l2 / 2 * ||W||^2   (biases unpenalised)
+which is scikit-learn's multinomial LogisticRegression with C = 1 / (n_train * l2).
+
+Standardisation uses the training rows' mean and std. It is folded into the first linear map
+(W / std and an offset) so the features are never copied once per fold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+KINDS = ("logistic", "mlp")
+MLP_HIDDEN = 64  # small on purpose: labeled sets are tens to hundreds of examples
+MAX_TEMPERATURE = 100.0  # calibration bounds T to [1/100, 100]
+STD_FLOOR = 1e-6  # constant features (e.g. the embedding of the shared last prompt token) standardise to 0
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    kind: str = "logistic"
+    l2: float = 1e-3
+    seed: int = 0
+    max_iter: int = 500
+    tolerance: float = 1e-6  # on the gradient's largest entry; the summed objective stops when all problems do
+
+
+def fold_masks(fold_of: torch.Tensor, n_folds: int) -> torch.Tensor:
+    """(n_folds + 1, n_examples) bool training rows: fold k trains without fold k; the last row trains on all."""
+    folds = torch.arange(n_folds)[:, None]  # (n_folds, 1)
+    held_in = fold_of[None, :] != folds  # (n_folds, n_examples)
+    return torch.cat([held_in, torch.ones(1, fold_of.numel(), dtype=torch.bool)])
+
+
+def training_stats(features: torch.Tensor, train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of each (fold, layer) over its training rows: two (n_fits, n_layers, d_model) tensors.
+
+    features: (n_layers, n_examples, d_model); train: (n_fits, n_examples) bool.
+    Centred two-pass variance: LLM hidden states have entries in the thousands, E[x^2] - E[x]^2 cancels.
+    """
+    weights = train.to(features.dtype) / train.sum(dim=1, keepdim=True)  # (n_fits, n_examples)
+    mean = torch.einsum("fn,lnd->fld", weights, features)
+    var = torch.stack(
+        [torch.einsum("n,lnd->ld", w, (features - m[:, None, :]) ** 2) for w, m in zip(weights, mean, strict=True)]
+    )
+    return mean, var.sqrt().clamp_min(STD_FLOOR)
+
+
+def init_params(
+    kind: str, n_fits: int, n_layers: int, d_model: int, n_slots: int, seed: int
+) -> dict[str, torch.Tensor]:
+    shape = (n_fits, n_layers)
+    if kind == "logistic":  # convex: start at zero, the optimum does not depend on it
+        return {"w": torch.zeros(*shape, d_model, n_slots), "b": torch.zeros(*shape, n_slots)}
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        "w": torch.randn(*shape, d_model, MLP_HIDDEN, generator=generator) / d_model**0.5,
+        "b": torch.zeros(*shape, MLP_HIDDEN),
+        "w_out": torch.randn(*shape, MLP_HIDDEN, n_slots, generator=generator) / MLP_HIDDEN**0.5,
+        "b_out": torch.zeros(*shape, n_slots),
+    }
+
+
+def probe_logits(params: dict[str, torch.Tensor], features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(n_fits, n_layers, n_examples, n_slots) logits, -inf on invalid slots.
+
+    params hold `mean`, `std` (n_fits, n_layers, d_model) and the weights; features (n_layers, n_examples, d_model).
+    """
+    scaled = params["w"] / params["std"][..., None]  # (n_fits, n_layers, d_model, d_out)
+    offset = params["b"] - torch.einsum("fld,fldo->flo", params["mean"], scaled)  # (n_fits, n_layers, d_out)
+    # One batched matmul per fit keeps `features` shared instead of expanded to n_fits copies.
+    out = torch.stack([torch.bmm(features, s) for s in scaled]) + offset[:, :, None, :]
+    if "w_out" in params:
+        out = torch.nn.functional.gelu(out) @ params["w_out"] + params["b_out"][:, :, None, :]
+    return out.masked_fill(~valid, float("-inf"))
+
+
+def masked_cross_entropy(logits: torch.Tensor, answers: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Per-problem weighted mean CE: logits (n_fits, n_layers, n_examples, n_slots), weights (n_fits, n_examples)."""
+    log_probs = torch.log_softmax(logits, dim=-1)
+    gold = log_probs.gather(-1, answers.expand(*logits.shape[:2], -1)[..., None])[..., 0]  # (fits, layers, examples)
+    return -(gold * weights[:, None, :]).sum(-1)  # (n_fits, n_layers)
+
+
+def fit_probes(
+    features: torch.Tensor, answers: torch.Tensor, valid: torch.Tensor, train: torch.Tensor, settings: FitSettings
+) -> dict[str, torch.Tensor]:
+    """Fit one probe per (training mask, layer).
+
+    features: (n_layers, n_examples, d_model) float32; answers: (n_examples,) int64; valid: (n_examples, n_slots)
+    bool; train: (n_fits, n_examples) bool. Returns params with leading dims (n_fits, n_layers).
+    """
+    n_layers, _, d_model = features.shape
+    mean, std = training_stats(features, train)
+    params = init_params(settings.kind, train.shape[0], n_layers, d_model, valid.shape[1], settings.seed)
+    weights = train.to(features.dtype) / train.sum(dim=1, keepdim=True)  # (n_fits, n_examples)
+    trainable = list(params.values())
+    for tensor in trainable:
+        tensor.requires_grad_(True)
+    penalised = [params[name] for name in ("w", "w_out") if name in params]
+    optimiser = torch.optim.LBFGS(
+        trainable,
+        lr=1.0,
+        max_iter=settings.max_iter,
+        tolerance_grad=settings.tolerance,
+        tolerance_change=1e-12,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
+    fixed = {"mean": mean, "std": std}
+
+    def closure() -> torch.Tensor:
+        optimiser.zero_grad()
+        loss = masked_cross_entropy(probe_logits({**params, **fixed}, features, valid), answers, weights).sum()
+        loss = loss + settings.l2 / 2 * sum((w**2).sum() for w in penalised)
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    return {**{name: tensor.detach() for name, tensor in params.items()}, **fixed}
+
+
+def out_of_fold_logits(logits: torch.Tensor, fold_of: torch.Tensor) -> torch.Tensor:
+    """(n_layers, n_examples, n_slots): each example's logits from the fold probe that did not train on it.
+
+    logits: (n_folds + 1, n_layers, n_examples, n_slots) from the fold masks of `fold_masks`.
+    """
+    index = fold_of[None, None, :, None].expand(1, *logits.shape[1:])  # (1, n_layers, n_examples, n_slots)
+    return logits.gather(0, index)[0]
+
+
+def fit_temperature(logits: torch.Tensor, answers: torch.Tensor, max_iter: int = 100) -> torch.Tensor:
+    """(n_layers,) temperatures minimising each layer's NLL; logits (n_layers, n_examples, n_slots), -inf masked.
+
+    T is bounded to [1/MAX_TEMPERATURE, MAX_TEMPERATURE]: a pure-noise layer's NLL keeps falling as T grows
+    (towards uniform) and a separable layer's as T shrinks, so the unconstrained optimum can be infinite.
+    """
+    valid = torch.isfinite(logits)
+    finite = logits.masked_fill(~valid, 0.0)  # -inf / T would give 0 * inf = NaN gradients
+    bound = float(np.log(MAX_TEMPERATURE))
+    raw = torch.zeros(logits.shape[0], requires_grad=True)
+    optimiser = torch.optim.LBFGS([raw], max_iter=max_iter, line_search_fn="strong_wolfe")
+    weights = torch.full((1, logits.shape[1]), 1.0 / logits.shape[1])
+
+    def temperature() -> torch.Tensor:
+        return torch.exp(bound * torch.tanh(raw))
+
+    def closure() -> torch.Tensor:
+        optimiser.zero_grad()
+        scaled = (finite / temperature()[:, None, None]).masked_fill(~valid, float("-inf"))
+        loss = masked_cross_entropy(scaled[None], answers, weights).sum()
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    return temperature().detach()
+
+
+def cross_fit(
+    features: torch.Tensor, answers: torch.Tensor, valid: torch.Tensor, fold_of: np.ndarray, settings: FitSettings
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """K fold probes and a refit on all rows, in one optimisation.
+
+    Returns out-of-fold logits (n_layers, n_examples, n_slots) and the refit's params (leading dim n_layers).
+    """
+    folds = torch.from_numpy(fold_of)
+    n_folds = int(folds.max()) + 1
+    params = fit_probes(features, answers, valid, fold_masks(folds, n_folds), settings)
+    out_of_fold = out_of_fold_logits(probe_logits(select_folds(params, n_folds), features, valid), folds)
+    return out_of_fold, {name: tensor[n_folds] for name, tensor in params.items()}
+
+
+def select_folds(params: dict[str, torch.Tensor], n_folds: int) -> dict[str, torch.Tensor]:
+    return {name: tensor[:n_folds] for name, tensor in params.items()}
+
+
+def predict(params: dict[str, torch.Tensor], features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(n_layers, n_examples, n_slots) logits of one probe per layer (params with leading dim n_layers)."""
+    return probe_logits({name: tensor[None] for name, tensor in params.items()}, features, valid)[0]
+
+
+def best_layer_index(cv_acc: list[float], layers: list[int]) -> int:
+    """Index of the best cross-validated accuracy; ties go to the shallower layer."""
+    return min(range(len(layers)), key=lambda index: (-cv_acc[index], layers[index]))
