@@ -1,0 +1,163 @@
+"""Benchmark `extract` against a bare forward (the ceiling) and a naive per-example loop (the baseline).
+
+A randomly initialised Llama decoder (default about 30M parameters) and synthetic prompts of varied length.
+Every measurement runs in a fresh subprocess so peak RSS is its own. Prints one table.
+
+    python benchmarks/bench_extract.py                       # full config
+    python benchmarks/bench_extract.py --n-examples 256 --d-model 256 --n-layers 4   # 2-core machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+WORDS = "apple stone river cloud fox dog sky brown quick lazy jumps over the colour question answer".split()
+
+
+def build(workdir: Path, args: argparse.Namespace) -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from stages.hf_models import resolve
+    from stages.schema import write_split
+    from tests.tiny_models import make_tokenizer
+
+    tokenizer = make_tokenizer()
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=args.d_model,
+        intermediate_size=int(2.75 * args.d_model),
+        num_hidden_layers=args.n_layers,
+        num_attention_heads=max(1, args.d_model // 64),
+        max_position_embeddings=2048,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    model.save_pretrained(workdir / "teacher" / "weights")
+    tokenizer.save_pretrained(workdir / "teacher" / "weights")
+    resolve(str(workdir / "teacher" / "weights"), revision=None, trust_remote_code=False).save(workdir / "teacher")
+    rng = np.random.default_rng(0)
+    for n in (args.n_examples, 4 * args.n_examples):
+        rows = []
+        for i in range(n):
+            question = " ".join(rng.choice(WORDS, size=int(rng.integers(10, 60))))
+            choices = [" ".join(rng.choice(WORDS, size=int(rng.integers(1, 6)))) for _ in range(4)]
+            rows.append({"id": f"q{i}", "question": question, "choices": choices, "answer": 0})
+        write_split(rows, workdir / f"split{n}.parquet")
+    (workdir / "n_params").write_text(str(n_params))
+
+
+def measure(mode: str, workdir: Path, n: int, batch_size: int) -> dict:
+    """Runs in a subprocess: wall seconds of the whole job (load, tokenise, forward, write) and peak RSS."""
+    import torch
+
+    from stages.extract import ExtractConfig, extract_split
+    from stages.prompts import PromptConfig, format_prompt
+    from stages.schema import read_split
+
+    from stages.hf_models import load_model
+
+    torch.set_num_threads(1)
+    split = read_split(workdir / f"split{n}.parquet")
+    load_model(workdir / "teacher")  # warm imports and the file cache: one-off costs are not throughput
+    start = time.perf_counter()
+    if mode == "extract":
+        config = ExtractConfig(batch_size=batch_size, shard_examples=256, device="cpu")
+        extract_split(split, workdir / "teacher", workdir / f"out-{mode}-{n}.zarr", PromptConfig(), config)
+    else:
+        from stages.extract_batches import collate, shard_batches, tokenize_prompts
+
+        model, tokenizer, _ = load_model(workdir / "teacher", dtype=torch.float32)
+        prompts = [format_prompt(q, c) for q, c in zip(split.questions, split.choices, strict=True)]
+        tokens = tokenize_prompts(tokenizer, prompts, split.ids)
+        with torch.inference_mode():
+            if mode == "bare":  # the same length-bucketed batches, nothing kept: the ceiling
+                for shard_start in range(0, n, 256):
+                    stop = min(shard_start + 256, n)
+                    for rows in shard_batches(tokens.lengths, shard_start, stop, batch_size):
+                        batch = collate(tokens, rows, tokenizer.pad_token_id, tokenizer.padding_side)
+                        model.base_model(
+                            input_ids=torch.from_numpy(batch.input_ids),
+                            attention_mask=torch.from_numpy(batch.attention_mask),
+                            use_cache=False,
+                        )
+            else:  # naive: what a practitioner writes first
+                out = workdir / f"naive-{n}"
+                out.mkdir(exist_ok=True)
+                for i, prompt in enumerate(prompts):
+                    encoded = tokenizer(prompt, return_tensors="pt")
+                    output = model(**encoded, output_hidden_states=True)
+                    states = torch.stack([h[0, -1] for h in output.hidden_states]).numpy()
+                    np.save(out / f"{i}.npy", states)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def run_child(mode: str, workdir: Path, n: int, batch_size: int) -> dict:
+    command = [sys.executable, __file__, "--child", mode, "--workdir", str(workdir), "--n", str(n)]
+    command += ["--batch-size", str(batch_size)]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-examples", type=int, default=2048)
+    parser.add_argument("--d-model", type=int, default=512)
+    parser.add_argument("--n-layers", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--child", choices=["extract", "bare", "naive"])
+    parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--n", type=int)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(args.child, args.workdir, args.n, args.batch_size)))
+        return
+    workdir = Path(tempfile.mkdtemp(prefix="bench-extract-"))
+    try:
+        build(workdir, args)
+        n = args.n_examples
+        rows = [(mode, run_child(mode, workdir, n, args.batch_size)) for mode in ("bare", "extract", "naive")]
+        extract_4n = run_child("extract", workdir, 4 * n, args.batch_size)
+        params = int((workdir / "n_params").read_text())
+        print(
+            f"config: Llama d_model={args.d_model} n_layers={args.n_layers} ({params / 1e6:.1f}M params), "
+            f"N={n} prompts, batch_size={args.batch_size}, CPU 1 thread"
+        )
+        print(f"{'run':<22}{'examples/s':>12}{'vs bare':>10}{'peak RSS MB':>14}")
+        speed = {mode: n / result["seconds"] for mode, result in rows}
+        for mode, result in rows:
+            print(
+                f"{mode + f' (N={n})':<22}{speed[mode]:>12.1f}{speed[mode] / speed['bare']:>10.2f}"
+                f"{result['peak_rss_mb']:>14.0f}"
+            )
+        speed_4n = 4 * n / extract_4n["seconds"]
+        print(f"{f'extract (4N={4 * n})':<22}{speed_4n:>12.1f}{'':>10}{extract_4n['peak_rss_mb']:>14.0f}")
+        extract_rss = dict(rows)["extract"]["peak_rss_mb"]
+        print(
+            f"extract / bare = {speed['extract'] / speed['bare']:.2f} (target >= 0.9); "
+            f"extract / naive = {speed['extract'] / speed['naive']:.1f}x (target >= 5); "
+            f"peak RSS 4N / N = {extract_4n['peak_rss_mb'] / extract_rss:.3f} (target <= 1.10)"
+        )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
