@@ -68,10 +68,9 @@ def measure(mode: str, workdir: Path, n: int, batch_size: int) -> dict:
     import torch
 
     from stages.extract import ExtractConfig, extract_split
+    from stages.hf_models import load_model
     from stages.prompts import PromptConfig, format_prompt
     from stages.schema import read_split
-
-    from stages.hf_models import load_model
 
     torch.set_num_threads(1)
     split = read_split(workdir / f"split{n}.parquet")
