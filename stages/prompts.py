@@ -52,6 +52,7 @@ def format_prompt(question: str, choices: Sequence[str], config: PromptConfig = 
     if not 2 <= len(choices) <= MAX_CHOICES:
         raise InputError(f"a question needs 2..{MAX_CHOICES} choices, got {len(choices)}")
     options = "\n".join(
-        config.option_format.format(letter=letter, text=text) for letter, text in zip(LETTERS, choices)
+        config.option_format.format(letter=letter, text=text)
+        for letter, text in zip(LETTERS[: len(choices)], choices, strict=True)
     )
     return config.template.format(question=question, options=options)
