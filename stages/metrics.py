@@ -64,3 +64,8 @@ def summary(probs: np.ndarray, answers: np.ndarray) -> dict[str, float]:
         "ece": ece(probs, answers),
         "entropy": mean_entropy(probs),
     }
+
+
+def best_layer_index(cv_acc: list[float], layers: list[int]) -> int:
+    """Index of the best cross-validated accuracy; ties go to the shallower layer."""
+    return min(range(len(layers)), key=lambda index: (-cv_acc[index], layers[index]))

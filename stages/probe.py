@@ -24,9 +24,9 @@ from safetensors.torch import save_file
 from stages.atomic import atomic_path
 from stages.errors import InputError, exits_cleanly
 from stages.hidden_store import HiddenStore
-from stages.metrics import masked_softmax, summary
+from stages.metrics import best_layer_index, masked_softmax, summary
 from stages.params import load_params, section
-from stages.probe_fit import KINDS, FitSettings, best_layer_index, cross_fit, fit_temperature, predict
+from stages.probe_fit import KINDS, FitSettings, cross_fit, fit_temperature, predict
 from stages.schema import SPLITS, Split, read_split
 
 log = logging.getLogger(__name__)
@@ -174,11 +174,11 @@ def write_outputs(out: Path, result: ProbeResult, splits: dict[str, Split], prov
         (temp / "metrics.json").write_text(json.dumps({"best_layer": best["layer"], **best}, indent=2) + "\n")
         (temp / "layers.json").write_text(json.dumps(rows, indent=2) + "\n")
         (temp / "plots").mkdir()
-        columns = ["layer", "cv_acc", "val_acc", "test_acc"] + (["teacher_acc"] if "teacher_test_acc" in best else [])
-        lines = [",".join(columns)]
+        # teacher_acc is the teacher's own letter accuracy on test (a reference line); empty for encoder teachers.
+        lines = ["layer,cv_acc,val_acc,test_acc,teacher_acc"]
         for row in rows:
-            values = [row["layer"], row["cv_acc"], row["val_acc"], row["test_acc"], row.get("teacher_test_acc")]
-            lines.append(",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in values[: len(columns)]))
+            values = [row["layer"], row["cv_acc"], row["val_acc"], row["test_acc"], row.get("teacher_test_acc", "")]
+            lines.append(",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in values))
         (temp / "plots" / "layers.csv").write_text("\n".join(lines) + "\n")
 
 

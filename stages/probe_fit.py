@@ -186,8 +186,3 @@ def select_folds(params: dict[str, torch.Tensor], n_folds: int) -> dict[str, tor
 def predict(params: dict[str, torch.Tensor], features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """(n_layers, n_examples, n_slots) logits of one probe per layer (params with leading dim n_layers)."""
     return probe_logits({name: tensor[None] for name, tensor in params.items()}, features, valid)[0]
-
-
-def best_layer_index(cv_acc: list[float], layers: list[int]) -> int:
-    """Index of the best cross-validated accuracy; ties go to the shallower layer."""
-    return min(range(len(layers)), key=lambda index: (-cv_acc[index], layers[index]))
