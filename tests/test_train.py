@@ -1,0 +1,234 @@
+"""The student trainer end to end on a tiny project: every arm, reload, determinism, clear input errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from stages.errors import InputError
+from stages.hf_models import resolve
+from stages.labels_io import label_table, write_labels
+from stages.schema import read_split, write_split
+from stages.student_data import StepRows, letter_token_ids, step_rows
+from stages.train import TrainConfig, arm_configs
+from tests.tiny_models import make_tokenizer
+
+TEACHER_VOCAB, STUDENT_VOCAB = 300, 280  # the student reads prompts in its own, different tokenizer
+D_TEACHER, N_TEACHER_LAYERS = 48, 5
+SIZES = {"labeled": 12, "transfer": 16, "val": 10, "test": 10}
+ARMS = ("gold", "logit_kd", "probe_kd", "hld")
+PARAMS = {
+    "seed": 0,
+    "prompt": {"template": "{question}\n{options}\nAnswer:", "option_format": "{letter}. {text}"},
+    "train": {"steps": 4, "batch_size": 6, "lr": 5e-3, "eval_every": 2},
+    "distill": {
+        "arms": {
+            "gold": {"soft_labels": None, "hld": False},
+            "logit_kd": {"soft_labels": "teacher", "hld": False},
+            "probe_kd": {"soft_labels": "probe", "hld": False},
+            "hld": {"soft_labels": None, "hld": True},
+            "probe_kd_hld": {"soft_labels": "probe", "hld": True},
+        },
+        "kd": {"alpha": 0.5, "temperature": 2.0},
+        "hld": {"gamma": 0.1, "teacher_layer": "middle", "student_layer": "middle", "mode": "joint"},
+    },
+}
+
+
+def make_student(folder: Path) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = make_tokenizer(vocab_size=STUDENT_VOCAB)
+    torch.manual_seed(1)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def write_store(path: Path, ids: list[str], rng: np.random.Generator) -> None:
+    """A complete hidden-state store per the layout in stages/hidden_store.py (no option logits)."""
+    group = zarr.open_group(str(path), mode="w")
+    hidden = group.create_array("hidden", shape=(len(ids), N_TEACHER_LAYERS, D_TEACHER), dtype="float16")
+    hidden[:] = rng.normal(size=(len(ids), N_TEACHER_LAYERS, D_TEACHER)).astype(np.float16)
+    group.attrs.update(
+        {"example_ids": ids, "layers": list(range(N_TEACHER_LAYERS)), "n_teacher_layers": N_TEACHER_LAYERS}
+    )
+    group.attrs["complete"] = True
+
+
+def write_label_file(path: Path, root: Path, rng: np.random.Generator, kind: str, available: bool = True) -> None:
+    tables = []
+    for name in ("labeled", "transfer") if available else ():
+        split = read_split(root / f"data/prepared/{name}.parquet")
+        logits = rng.normal(size=(split.n_examples, 26))
+        probs = np.where(split.valid_mask(), np.exp(logits), 0.0)
+        probs = probs / probs.sum(-1, keepdims=True)
+        tables.append(label_table(split.ids, name, probs, split.n_choices, layer=2 if kind == "probe" else None))
+    write_labels(tables, path, {"kind": kind, "available": available, "teacher": {"model": "tiny"}})
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("project")
+    rng = np.random.default_rng(0)
+    words = ["apple", "stone", "river", "cloud", "pear", "sand", "lake", "rain"]
+    (root / "data/prepared").mkdir(parents=True)
+    for name, n_examples in SIZES.items():
+        rows = []
+        for i in range(n_examples):
+            n_choices = 3 + i % 2  # mixed choice counts exercise the masking of invalid slots
+            choices = [words[(i + k) % len(words)] for k in range(n_choices)]
+            rows.append({"id": f"{name}-{i}", "question": f"Which is {choices[i % n_choices]}?", "choices": choices,
+                         "answer": i % n_choices})  # fmt: skip
+        write_split(rows, root / f"data/prepared/{name}.parquet")
+    model_dir = root / "data/models/student"
+    model_dir.mkdir(parents=True)
+    resolve(str(make_student(root / "student_weights")), revision=None, trust_remote_code=False).save(model_dir)
+    (root / "data/labels").mkdir(parents=True)
+    write_label_file(root / "data/labels/teacher.parquet", root, rng, "teacher")
+    write_label_file(root / "data/labels/probe.parquet", root, rng, "probe")
+    (root / "data/hidden").mkdir(parents=True)
+    for name in ("labeled", "transfer"):
+        write_store(root / f"data/hidden/{name}.zarr", read_split(root / f"data/prepared/{name}.parquet").ids, rng)
+    return root
+
+
+def train(arm: str, root: Path, params: dict = PARAMS) -> dict[str, float]:
+    from stages.train_loop import run_arm
+
+    spec, kd, hld = arm_configs(arm, params)
+    return run_arm(arm, spec, kd, hld, TrainConfig(**params["train"]), params, root)
+
+
+@pytest.fixture(scope="module")
+def trained(project: Path) -> dict[str, dict[str, float]]:
+    return {arm: train(arm, project) for arm in (*ARMS, "probe_kd_hld")}
+
+
+def test_student_tokenizer_differs_from_the_teachers_and_has_letter_tokens(project: Path):
+    from transformers import AutoTokenizer
+
+    student = AutoTokenizer.from_pretrained(project / "student_weights")
+    assert len(student) == STUDENT_VOCAB != len(make_tokenizer(vocab_size=TEACHER_VOCAB))
+    ids = letter_token_ids(student)
+    assert len(set(ids)) == 26
+    assert [student.decode([i]).strip() for i in ids[:4]] == ["A", "B", "C", "D"]
+
+
+def test_every_arm_writes_its_folder_and_metrics(project: Path, trained: dict):
+    for arm in (*ARMS, "probe_kd_hld"):
+        folder = project / "data/students" / arm
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert metrics == pytest.approx(trained[arm])
+        assert 0 <= metrics["test_acc"] <= 1 and metrics["test_nll"] > 0
+        assert (folder / "model/config.json").exists() and (folder / "model/tokenizer.json").exists()
+        assert (folder / "live/plots/metrics/val/acc.tsv").exists()
+        assert (folder / "calibration.csv").read_text().startswith("confidence,accuracy,n_examples")
+        assert len((folder / "confusion.csv").read_text().splitlines()) == SIZES["test"] + 1
+        assert not list((project / "data/students").glob(".tmp-*"))
+    terms = {arm: sorted(p.stem for p in (project / f"data/students/{arm}/live/plots/metrics/train").glob("*.tsv"))
+             for arm in trained}  # fmt: skip
+    assert terms["gold"] == ["ce", "loss"]
+    assert terms["logit_kd"] == terms["probe_kd"] == ["ce", "kd", "loss"]
+    assert terms["hld"] == ["ce", "hld", "loss"]
+    assert terms["probe_kd_hld"] == ["ce", "hld", "kd", "loss"]
+    # Different targets on the same batches: the learned students differ.
+    assert trained["logit_kd"]["test_nll"] != trained["probe_kd"]["test_nll"] != trained["gold"]["test_nll"]
+
+
+def test_hld_projection_is_saved_beside_the_student(project: Path, trained: dict):
+    from safetensors.torch import load_file
+
+    weight = load_file(str(project / "data/students/hld/model/hld_projection.safetensors"))["weight"]
+    assert tuple(weight.shape) == (D_TEACHER, 32)
+    assert not (project / "data/students/gold/model/hld_projection.safetensors").exists()
+
+
+def test_saved_student_reloads_and_reproduces_its_test_accuracy(project: Path, trained: dict):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from stages.prompts import PromptConfig
+    from stages.student_data import encode_split
+    from stages.train_eval import final_metrics
+
+    folder = project / "data/students/probe_kd/model"
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    prompt = PromptConfig.from_params(PARAMS["prompt"])
+    evaluation = {
+        n: encode_split(read_split(project / f"data/prepared/{n}.parquet"), tokenizer, prompt) for n in ("val", "test")
+    }
+    letters = torch.tensor(letter_token_ids(tokenizer))
+    metrics = final_metrics(model, evaluation, tokenizer.pad_token_id, letters, batch_size=4)
+    assert metrics["test_acc"] == trained["probe_kd"]["test_acc"]
+    assert metrics["test_nll"] == pytest.approx(trained["probe_kd"]["test_nll"], abs=1e-5)
+
+
+def test_same_params_twice_gives_identical_metrics(project: Path, trained: dict):
+    assert train("gold", project) == trained["gold"]
+
+
+def test_sequential_hld_runs_hint_phase_first(project: Path):
+    params = json.loads(json.dumps(PARAMS))
+    params["distill"]["hld"].update(mode="sequential", hint_fraction=0.5)
+    metrics = train("hld", project, params)
+    curve = (project / "data/students/hld/live/plots/metrics/train/ce.tsv").read_text().splitlines()
+    assert len(curve) == 1 + 2  # ce logged only after the 2 hint steps
+    assert 0 <= metrics["test_acc"] <= 1
+
+
+def test_batch_stream_is_shared_seeded_and_cycles():
+    first = [next(s) for s in [step_rows(5, 7, 3, 2, seed=0)] for _ in range(4)]
+    again = step_rows(5, 7, 3, 2, seed=0)
+    assert [next(again) for _ in range(4)] == first
+    labeled = [i for rows in first for i in rows.labeled]
+    assert sorted(labeled[:5]) == list(range(5))  # each pass is a permutation of the rows
+    assert all(isinstance(rows, StepRows) and len(rows.transfer) == 2 for rows in first)
+    assert [next(step_rows(5, 7, 3, 2, seed=1)) for _ in range(1)][0] != first[0]
+
+
+def test_logit_kd_with_unavailable_teacher_labels_fails_early(project: Path, tmp_path: Path):
+    import shutil
+
+    root = tmp_path / "encoder_teacher"
+    shutil.copytree(project / "data/prepared", root / "data/prepared")
+    shutil.copytree(project / "data/models", root / "data/models")
+    (root / "data/labels").mkdir(parents=True)
+    write_label_file(root / "data/labels/teacher.parquet", root, np.random.default_rng(0), "teacher", available=False)
+    with pytest.raises(InputError, match="no LM head.*logit_kd needs a teacher with an LM head"):
+        train("logit_kd", root)
+    assert not (root / "data/students").exists() or not list((root / "data/students").iterdir())
+
+
+def test_missing_arm_and_bad_config_name_what_to_change():
+    with pytest.raises(InputError, match="arm 'nope' is not in distill.arms"):
+        arm_configs("nope", PARAMS)
+    with pytest.raises(InputError, match="train.transfer_fraction=1.5"):
+        TrainConfig(transfer_fraction=1.5)
+    params = json.loads(json.dumps(PARAMS))
+    params["distill"]["hld"]["mode"] = "later"
+    with pytest.raises(InputError, match="distill.hld.mode='later'"):
+        arm_configs("hld", params)
+
+
+def test_hld_teacher_layer_out_of_range_is_an_input_error(project: Path, tmp_path: Path):
+    params = json.loads(json.dumps(PARAMS))
+    params["distill"]["hld"]["teacher_layer"] = 9
+    with pytest.raises(InputError, match="distill.hld.teacher_layer=9 but the model has hidden-state layers 0..4"):
+        train("hld", project, params)
