@@ -1,0 +1,170 @@
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from stages.errors import InputError
+from stages.label import LabelConfig, label_quality, main, select_layer, teacher_probs
+from stages.label import main as label_main
+from stages.labels_io import read_labels, read_metadata
+from stages.probe import main as probe_main
+from stages.schema import read_split
+from tests.test_probe import INFORMATIVE, N_LAYERS, make_world, write_params
+
+
+def command(function) -> typer.Typer:
+    app = typer.Typer()
+    app.command()(function)
+    return app
+
+
+def run_pipeline(root, **probe_params):
+    """probe then label on a synthetic world under `root`; returns the labels folder."""
+    prepared, hidden = root / "prepared", root / "hidden"
+    params = write_params(root, **probe_params)
+    common = ["--prepared", str(prepared), "--hidden", str(hidden), "--params-file", str(params)]
+    result = CliRunner().invoke(command(probe_main), [*common, "--out", str(root / "probe")])
+    assert result.exit_code == 0, result.output
+    args = [*common, "--probe-dir", str(root / "probe"), "--out", str(root / "labels")]
+    return CliRunner().invoke(command(label_main), args)
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    root = tmp_path_factory.mktemp("label")
+    make_world(root)
+    result = run_pipeline(root)
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def test_auto_layer_and_label_files(labelled):
+    labels = labelled / "labels"
+    labeled = read_split(labelled / "prepared" / "labeled.parquet")
+    transfer = read_split(labelled / "prepared" / "transfer.parquet")
+    probe = read_labels(labels / "probe.parquet", labeled, "labeled")
+    assert probe.shape == (labeled.n_examples, 26)
+    assert np.all(probe[~labeled.valid_mask()] == 0)
+    assert (probe.argmax(1) == labeled.answers).mean() > 0.8  # the informative layer was picked
+    table = pq.read_table(labels / "probe.parquet").to_pydict()
+    assert set(table["layer"]) == {INFORMATIVE}
+    folds = [f for f, s in zip(table["fold"], table["split"], strict=True) if s == "labeled"]
+    assert set(folds) == {0, 1, 2, 3}
+    assert all(f is None for f, s in zip(table["fold"], table["split"], strict=True) if s == "transfer")
+    metadata = read_metadata(labels / "probe.parquet")
+    assert metadata["kind"] == "probe" and metadata["layer"] == INFORMATIVE and metadata["temperature"] > 0
+    assert metadata["teacher"] == {"model": "synthetic", "revision": "abc"}
+    teacher = read_labels(labels / "teacher.parquet", transfer, "transfer")
+    assert np.all(teacher[~transfer.valid_mask()] == 0)
+    assert read_metadata(labels / "teacher.parquet")["available"] is True
+    quality = json.loads((labels / "quality.json").read_text())
+    assert quality["probe"]["acc"] > 0.8 > quality["teacher"]["acc"]
+    assert quality["probe"]["layer"] == INFORMATIVE
+
+
+def test_out_of_fold_labels_are_not_in_sample(labelled):
+    # A labeled example's label comes from a probe that did not see it: it is less sure of the gold than the
+    # refit probe that did (cross-fitting is what keeps probe-KD from collapsing into gold fine-tuning).
+    from safetensors.numpy import load_file
+
+    weights = load_file(str(labelled / "probe" / "weights.safetensors"))
+    labeled = read_split(labelled / "prepared" / "labeled.parquet")
+    probe = read_labels(labelled / "labels" / "probe.parquet", labeled, "labeled")
+    assert weights["w"].shape[0] == N_LAYERS
+    rows = np.arange(labeled.n_examples)
+    assert probe[rows, labeled.answers].mean() < 0.999
+    assert not np.allclose(probe[rows, labeled.answers], 1.0, atol=1e-3)
+
+
+def test_outputs_are_deterministic_and_teacher_labels_ignore_the_layer(labelled):
+    labels = labelled / "labels"
+    before = {name: (labels / name).read_bytes() for name in ("probe.parquet", "teacher.parquet")}
+    result = run_pipeline(labelled)
+    assert result.exit_code == 0, result.output
+    assert (labels / "probe.parquet").read_bytes() == before["probe.parquet"]
+    other = run_pipeline(labelled, layer=0)
+    assert other.exit_code == 0, other.output
+    assert (labels / "teacher.parquet").read_bytes() == before["teacher.parquet"]
+    assert (labels / "probe.parquet").read_bytes() != before["probe.parquet"]
+
+
+def test_encoder_teacher_has_no_teacher_labels(tmp_path):
+    make_world(tmp_path, encoder=True)
+    result = run_pipeline(tmp_path)
+    assert result.exit_code == 0, result.output
+    labels = tmp_path / "labels"
+    assert pq.read_table(labels / "teacher.parquet").num_rows == 0
+    assert read_metadata(labels / "teacher.parquet")["available"] is False
+    transfer = read_split(tmp_path / "prepared" / "transfer.parquet")
+    with pytest.raises(InputError, match="logit_kd needs a teacher with an LM head"):
+        read_labels(labels / "teacher.parquet", transfer, "transfer")
+    assert json.loads((labels / "quality.json").read_text())["teacher"] == {"available": False}
+    assert read_labels(labels / "probe.parquet", transfer, "transfer").shape == (transfer.n_examples, 26)
+
+
+def test_out_of_range_layer_fails_cleanly(labelled):
+    result = run_pipeline(labelled, layer=N_LAYERS)
+    assert result.exit_code == 2
+    assert f"probe.layer={N_LAYERS} but the teacher has layers 0..{N_LAYERS - 1}" in result.output
+
+
+LAYERS = [0, 1, 2, 3, 4]
+
+
+def test_select_layer_auto_takes_best_and_ties_go_shallower():
+    assert select_layer("auto", LAYERS, 5, [0.2, 0.5, 0.9, 0.9, 0.1]) == 2
+    assert select_layer("auto", [3, 1, 2], 5, [0.9, 0.9, 0.5]) == 1  # teacher layer 1 beats layer 3
+
+
+def test_select_layer_integer_and_negative():
+    assert select_layer(3, LAYERS, 5, [0.0] * 5) == 3
+    assert select_layer(-1, LAYERS, 5, [0.0] * 5) == 4
+    assert select_layer(-5, LAYERS, 5, [0.0] * 5) == 0
+    assert select_layer(-1, [0, 2, 4], 5, [0.0] * 3) == 2
+
+
+@pytest.mark.parametrize(
+    ("layer", "message"),
+    [
+        (5, r"probe.layer=5 but the teacher has layers 0..4 \(or -5..-1 from the last\)"),
+        (-6, r"probe.layer=-6 but the teacher has layers 0..4"),
+    ],
+)
+def test_select_layer_out_of_range(layer, message):
+    with pytest.raises(InputError, match=message):
+        select_layer(layer, LAYERS, 5, [0.0] * 5)
+
+
+def test_select_layer_not_probed():
+    with pytest.raises(InputError, match=r"probe.layer=1 \(teacher layer 1\) was not probed; probed layers: \[0, 2\]"):
+        select_layer(1, [0, 2], 3, [0.0, 0.0])
+
+
+@pytest.mark.parametrize("layer", ["last", 2.5, True])
+def test_config_rejects_non_integer_layers(layer):
+    with pytest.raises(InputError, match="use auto or an integer"):
+        LabelConfig(layer=layer)
+
+
+def test_teacher_probs_softmax_over_valid_options(labelled):
+    split = read_split(labelled / "prepared" / "transfer.parquet")
+    logits = np.full((split.n_examples, 26), np.nan, dtype=np.float32)
+    for row, n in enumerate(split.n_choices):
+        logits[row, :n] = np.arange(n)
+    probs = teacher_probs(logits, split)
+    row = int(np.argmax(split.n_choices == 3))
+    np.testing.assert_allclose(probs[row, :3], np.exp([0, 1, 2]) / np.exp([0, 1, 2]).sum(), rtol=1e-6)
+    logits[row, 0] = np.nan
+    with pytest.raises(InputError, match="NaN on a valid option"):
+        teacher_probs(logits, split)
+
+
+def test_label_quality_keys():
+    probs = np.array([[0.9, 0.1], [0.4, 0.6]])
+    quality = label_quality(probs, None, np.array([0, 0]), layer=3)
+    assert quality["probe"]["acc"] == pytest.approx(0.5) and quality["probe"]["layer"] == 3
+    assert quality["teacher"] == {"available": False}
+    assert main.__doc__.startswith("Write probe labels")
