@@ -157,6 +157,11 @@ def run_arm(
         seed,
     )
     rank, world = accelerator.process_index, accelerator.num_processes
+    if config.labeled_per_step < world:  # every process needs labeled rows for its CE term
+        raise InputError(
+            f"train.batch_size={config.batch_size} gives {config.labeled_per_step} labeled rows per step, fewer than "
+            f"the {world} processes; raise train.batch_size or lower train.transfer_fraction"
+        )
 
     with atomic_path(root / f"data/students/{arm}", directory=True) as out:
         live = Live(dir=str(out / "live"), save_dvc_exp=False, dvcyaml=False) if accelerator.is_main_process else None

@@ -232,3 +232,39 @@ def test_hld_teacher_layer_out_of_range_is_an_input_error(project: Path, tmp_pat
     params["distill"]["hld"]["teacher_layer"] = 9
     with pytest.raises(InputError, match="distill.hld.teacher_layer=9 but the model has hidden-state layers 0..4"):
         train("hld", project, params)
+
+
+def test_cli_fails_early_with_exit_2_on_unavailable_teacher_labels(project: Path, tmp_path: Path, monkeypatch):
+    import shutil
+
+    import typer
+    import yaml
+    from typer.testing import CliRunner
+
+    from stages.train import main
+
+    shutil.copytree(project / "data/prepared", tmp_path / "data/prepared")
+    shutil.copytree(project / "data/models", tmp_path / "data/models")
+    (tmp_path / "data/labels").mkdir(parents=True)
+    write_label_file(tmp_path / "data/labels/teacher.parquet", tmp_path, np.random.default_rng(0), "teacher", False)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    monkeypatch.chdir(tmp_path)  # no dvc.yaml here: params come from params.yaml
+    app = typer.Typer()
+    app.command()(main)
+    result = CliRunner().invoke(app, ["logit_kd"])
+    assert result.exit_code == 2
+    assert "teacher.parquet: no labels: teacher tiny has no LM head" in result.output
+    assert not (tmp_path / "data/students/logit_kd").exists()
+
+
+def test_lora_without_peft_is_a_clear_error(project: Path):
+    pytest.importorskip("transformers")
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        params = json.loads(json.dumps(PARAMS))
+        params["train"]["lora"] = True
+        with pytest.raises(InputError, match="train.lora=true needs peft"):
+            train("gold", project, params)
+    else:
+        pytest.skip("peft is installed; the LoRA path trains instead")
