@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -114,12 +115,16 @@ def library_versions() -> dict[str, str]:
 
 def extract_split(split: Split, model_dir: Path, out: Path, prompt: PromptConfig, config: ExtractConfig) -> None:
     """Compute and write the whole store for one split (resuming `<out>.partial` when it matches)."""
+    import torch
     from accelerate import PartialState
 
     from stages.extract_forward import LayerGatherer
     from stages.hf_models import load_model
 
-    state = PartialState()
+    # Without cpu=True accelerate ignores torchrun's environment on a machine without GPUs.
+    state = PartialState(cpu=config.device == "cpu" or not torch.cuda.is_available())
+    if state.num_processes != int(os.environ.get("WORLD_SIZE", 1)):
+        raise InputError(f"launched with WORLD_SIZE={os.environ['WORLD_SIZE']} but accelerate sees one process")
     device, compute_dtype = pick_device(config, state)
     device_map = config.device_map or (str(device) if device.type == "cuda" else None)
     model, tokenizer, ref = load_model(model_dir, dtype=compute_dtype, device_map=device_map)

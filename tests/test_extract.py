@@ -215,3 +215,51 @@ def test_shard_batches_sort_by_length_inside_the_shard():
     lengths = np.array([5, 1, 4, 2, 9, 3])
     assert [b.tolist() for b in shard_batches(lengths, 0, 4, 2)] == [[1, 3], [2, 0]]
     assert [b.tolist() for b in shard_batches(lengths, 4, 6, 8)] == [[5, 4]]
+
+
+def write_params(folder: Path, **extract) -> Path:
+    import yaml
+
+    params = {
+        "prompt": {"template": PROMPT.template, "option_format": PROMPT.option_format},
+        "extract": {"batch_size": 4, "shard_examples": 4, "device": "cpu", **extract},
+    }
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def cli(split_path: Path, model_dir: Path, out: Path, params: Path) -> list[str]:
+    return ["extract", "test", "--data", str(split_path), "--teacher", str(model_dir), "--out", str(out)] + [
+        "--params-file",
+        str(params),
+    ]
+
+
+def test_cli_writes_the_store_and_refuses_bad_params(causal_dir, split_path, tmp_path):
+    from typer.testing import CliRunner
+
+    from stages.__main__ import build_app
+
+    out = tmp_path / "h.zarr"
+    result = CliRunner().invoke(build_app("extract"), cli(split_path, causal_dir, out, write_params(tmp_path)))
+    assert result.exit_code == 0, result.output
+    assert HiddenStore.open(out).shape == (N_EXAMPLES, 4, 32)
+    bad = write_params(tmp_path, dtype="int8")
+    result = CliRunner().invoke(build_app("extract"), cli(split_path, causal_dir, tmp_path / "bad.zarr", bad))
+    assert result.exit_code == 2 and "extract.dtype must be float16 or float32" in result.output
+    assert not (tmp_path / "bad.zarr").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_write_the_same_bytes(causal_dir, split_path, tmp_path):
+    params = write_params(tmp_path)
+    out = tmp_path / "two.zarr"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    result = subprocess.run(
+        [*launcher, "-m", "stages", *cli(split_path, causal_dir, out, params)], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run(causal_dir, split_path, tmp_path / "one.zarr")
+    assert tree_bytes(out) == tree_bytes(tmp_path / "one.zarr")
