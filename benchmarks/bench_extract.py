@@ -38,7 +38,7 @@ def build(workdir: Path, args: argparse.Namespace) -> None:
     tokenizer = make_tokenizer()
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=max(args.vocab_size, len(tokenizer)),  # a real vocab: the LM head costs what it costs
         hidden_size=args.d_model,
         intermediate_size=int(2.75 * args.d_model),
         num_hidden_layers=args.n_layers,
@@ -52,13 +52,15 @@ def build(workdir: Path, args: argparse.Namespace) -> None:
     model.save_pretrained(workdir / "teacher" / "weights")
     tokenizer.save_pretrained(workdir / "teacher" / "weights")
     resolve(str(workdir / "teacher" / "weights"), revision=None, trust_remote_code=False).save(workdir / "teacher")
+    # 64 distinct prompts of varied length, cycled: N and 4N examples have the same length distribution and
+    # the same longest prompt, so a peak-RSS difference can only come from the number of examples.
     rng = np.random.default_rng(0)
+    pool = []
+    for _ in range(64):
+        question = " ".join(rng.choice(WORDS, size=int(rng.integers(10, 60))))
+        pool.append((question, [" ".join(rng.choice(WORDS, size=int(rng.integers(1, 6)))) for _ in range(4)]))
     for n in (args.n_examples, 4 * args.n_examples):
-        rows = []
-        for i in range(n):
-            question = " ".join(rng.choice(WORDS, size=int(rng.integers(10, 60))))
-            choices = [" ".join(rng.choice(WORDS, size=int(rng.integers(1, 6)))) for _ in range(4)]
-            rows.append({"id": f"q{i}", "question": question, "choices": choices, "answer": 0})
+        rows = [{"id": f"q{i}", "question": pool[i % 64][0], "choices": pool[i % 64][1], "answer": 0} for i in range(n)]
         write_split(rows, workdir / f"split{n}.parquet")
     (workdir / "n_params").write_text(str(n_params))
 
@@ -121,6 +123,7 @@ def main() -> None:
     parser.add_argument("--d-model", type=int, default=512)
     parser.add_argument("--n-layers", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--vocab-size", type=int, default=32000)
     parser.add_argument("--child", choices=["extract", "bare", "naive"])
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--n", type=int)
@@ -136,7 +139,8 @@ def main() -> None:
         extract_4n = run_child("extract", workdir, 4 * n, args.batch_size)
         params = int((workdir / "n_params").read_text())
         print(
-            f"config: Llama d_model={args.d_model} n_layers={args.n_layers} ({params / 1e6:.1f}M params), "
+            f"config: Llama d_model={args.d_model} n_layers={args.n_layers} vocab={args.vocab_size} "
+            f"({params / 1e6:.1f}M params), "
             f"N={n} prompts, batch_size={args.batch_size}, CPU 1 thread"
         )
         print(f"{'run':<22}{'examples/s':>12}{'vs bare':>10}{'peak RSS MB':>14}")
