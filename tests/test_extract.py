@@ -263,3 +263,16 @@ def test_two_processes_write_the_same_bytes(causal_dir, split_path, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     run(causal_dir, split_path, tmp_path / "one.zarr")
     assert tree_bytes(out) == tree_bytes(tmp_path / "one.zarr")
+
+
+def test_encoder_forward_stops_after_the_deepest_requested_block(encoder_dir):
+    from stages.extract_forward import LayerGatherer, decoder_layers
+
+    model, tokenizer, _ = load_model(encoder_dir, dtype=torch.float32)
+    tokens = tokenize_prompts(tokenizer, ["Answer:", "Which is a fruit? Answer:"], ["a", "b"])
+    batch = collate(tokens, np.array([0, 1]), tokenizer.pad_token_id, tokenizer.padding_side)
+    ran = []
+    for index, block in enumerate(decoder_layers(model.base_model)):
+        block.register_forward_hook(lambda *_, index=index: ran.append(index))
+    hidden, logits = LayerGatherer(model, [1], None)(batch)
+    assert ran == [0] and hidden.shape == (2, 1, 32) and logits is None
