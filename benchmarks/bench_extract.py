@@ -124,6 +124,7 @@ def main() -> None:
     parser.add_argument("--n-layers", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--vocab-size", type=int, default=32000)
+    parser.add_argument("--repeats", type=int, default=2, help="runs per mode; the fastest is reported")
     parser.add_argument("--child", choices=["extract", "bare", "naive"])
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--n", type=int)
@@ -135,13 +136,20 @@ def main() -> None:
     try:
         build(workdir, args)
         n = args.n_examples
-        rows = [(mode, run_child(mode, workdir, n, args.batch_size)) for mode in ("bare", "extract", "naive")]
-        extract_4n = run_child("extract", workdir, 4 * n, args.batch_size)
+        # The machine is shared: interleave the runs and keep each mode's fastest of --repeats.
+        results: dict[str, list[dict]] = {"bare": [], "extract": [], "naive": [], "extract_4n": []}
+        for _ in range(args.repeats):
+            for mode in ("bare", "extract", "naive"):
+                results[mode].append(run_child(mode, workdir, n, args.batch_size))
+            results["extract_4n"].append(run_child("extract", workdir, 4 * n, args.batch_size))
+        best = {mode: min(runs, key=lambda r: r["seconds"]) for mode, runs in results.items()}
+        rows = [(mode, best[mode]) for mode in ("bare", "extract", "naive")]
+        extract_4n = best["extract_4n"]
         params = int((workdir / "n_params").read_text())
         print(
             f"config: Llama d_model={args.d_model} n_layers={args.n_layers} vocab={args.vocab_size} "
             f"({params / 1e6:.1f}M params), "
-            f"N={n} prompts, batch_size={args.batch_size}, CPU 1 thread"
+            f"N={n} prompts, batch_size={args.batch_size}, CPU 1 thread, best of {args.repeats}"
         )
         print(f"{'run':<22}{'examples/s':>12}{'vs bare':>10}{'peak RSS MB':>14}")
         speed = {mode: n / result["seconds"] for mode, result in rows}

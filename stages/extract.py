@@ -21,7 +21,14 @@ import typer
 from tqdm import tqdm
 
 from stages.errors import InputError, exits_cleanly
-from stages.extract_batches import POSITION_RULE, collate, letter_token_ids, shard_batches, tokenize_prompts
+from stages.extract_batches import (
+    POSITION_RULE,
+    TokenizedPrompts,
+    collate,
+    letter_token_ids,
+    shard_batches,
+    tokenize_prompts,
+)
 from stages.params import load_params, section
 from stages.prompts import MAX_CHOICES, PromptConfig, format_prompt
 from stages.schema import Split, read_split
@@ -113,6 +120,23 @@ def library_versions() -> dict[str, str]:
     return {name: importlib.metadata.version(name) for name in ("torch", "transformers", "zarr", "numpy")}
 
 
+def compute_shard(
+    gather: Any, tokens: TokenizedPrompts, start: int, stop: int, batch_size: int, pad: tuple[int, str], progress: Any
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(examples, layers, d_model) float32 and (examples, MAX_CHOICES) letter logits (NaN padded) of one shard."""
+    hidden = np.empty((stop - start, len(gather.layers), gather.backbone.config.hidden_size), dtype=np.float32)
+    logits = None
+    if gather.letter_ids is not None:
+        logits = np.full((stop - start, MAX_CHOICES), np.nan, dtype=np.float32)
+    for rows in shard_batches(tokens.lengths, start, stop, batch_size):
+        batch_hidden, batch_logits = gather(collate(tokens, rows, *pad))
+        hidden[rows - start] = batch_hidden.cpu().numpy()
+        if logits is not None:
+            logits[rows - start, : len(gather.letter_ids)] = batch_logits.cpu().numpy()
+        progress.update(len(rows))
+    return hidden, logits
+
+
 def extract_split(split: Split, model_dir: Path, out: Path, prompt: PromptConfig, config: ExtractConfig) -> None:
     """Compute and write the whole store for one split (resuming `<out>.partial` when it matches)."""
     import torch
@@ -170,21 +194,15 @@ def extract_split(split: Split, model_dir: Path, out: Path, prompt: PromptConfig
     mine = [s for s in range(layout.n_shards) if s % state.num_processes == state.process_index and s not in done]
 
     gather = LayerGatherer(model, layers, letter_ids)
+    # Left padding needs explicit position ids to leave each row's values unchanged; without them, pad right.
+    pad = (tokenizer.pad_token_id, tokenizer.padding_side if gather.takes_position_ids else "right")
     writer = ShardWriter(group, layout)
     n_todo = sum(layout.shard_range(s)[1] - layout.shard_range(s)[0] for s in mine)
     progress = tqdm(total=n_todo, unit="ex", desc=f"extract {out.name}", disable=not state.is_main_process)
     try:
         for shard in mine:
             start, stop = layout.shard_range(shard)
-            hidden = np.empty((stop - start, len(layers), d_model), dtype=np.float32)
-            logits = np.full((stop - start, MAX_CHOICES), np.nan, dtype=np.float32) if has_logits else None
-            for rows in shard_batches(tokens.lengths, start, stop, config.batch_size):
-                batch = collate(tokens, rows, tokenizer.pad_token_id, tokenizer.padding_side)
-                batch_hidden, batch_logits = gather(batch)
-                hidden[rows - start] = batch_hidden.cpu().numpy()
-                if batch_logits is not None:
-                    logits[rows - start, :n_letters] = batch_logits.cpu().numpy()
-                progress.update(len(rows))
+            hidden, logits = compute_shard(gather, tokens, start, stop, config.batch_size, pad, progress)
             if logits is not None:
                 logits[~split.valid_mask()[start:stop]] = np.nan
             writer.put(shard, to_store_dtype(hidden, config.dtype, split.ids[start:stop], layers), logits)
