@@ -8,6 +8,10 @@ A store is a zarr v3 group `data/hidden/<split>.zarr`:
 - attributes: `example_ids` (store order = the split's parquet order), `layers` (teacher layer index of each
   store slot; 0 is the embedding output, i is block i's output), `complete` (written last: the marker),
   and the provenance (teacher, prompt, dtype, versions, ...).
+- the answer position (`position_rule: last_non_special`) is the last prompt token that is not a special
+  token: prompts are tokenised with the teacher's special tokens (BOS, [CLS] ... [SEP]) and an appended
+  [SEP]/EOS is skipped. Option logits use the letter tokens in `letter_token_ids` (`letter_rule`: `space`
+  for ` A`, `bare` for `A`). Written by stages/extract.py (see extract_batches.py, store_writer.py).
 """
 
 from __future__ import annotations
