@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 import typer
 from typer.testing import CliRunner
 
@@ -13,6 +14,15 @@ from stages.labels_io import read_labels, read_metadata
 from stages.probe import main as probe_main
 from stages.schema import read_split
 from tests.test_probe import INFORMATIVE, N_LAYERS, make_world, write_params
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny problems: torch's thread pool only adds contention on the shared 2-core test machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def command(function) -> typer.Typer:
