@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from stages.metrics import masked_softmax, summary
-from stages.student_data import EncodedSplit, pad_batch
+from stages.student_data import EncodedSplit
+from stages.student_model import forward_letters
 
 
 @torch.no_grad()
@@ -22,12 +23,8 @@ def letter_logits(
     model.eval()
     blocks = []
     for start in range(0, encoded.n_examples, batch_size):
-        input_ids, attention_mask, last = (
-            t.to(letter_ids.device) for t in pad_batch(encoded.token_ids[start : start + batch_size], pad_id)
-        )
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-        rows = torch.arange(input_ids.shape[0], device=letter_ids.device)
-        blocks.append(logits[rows, last][:, letter_ids].float().cpu().numpy())  # (batch, MAX_CHOICES)
+        logits, _ = forward_letters(model, encoded.token_ids[start : start + batch_size], pad_id, letter_ids)
+        blocks.append(logits.float().cpu().numpy())  # (batch, MAX_CHOICES)
     model.train(was_training)
     return np.concatenate(blocks) if blocks else np.zeros((0, len(letter_ids)), dtype=np.float32)
 

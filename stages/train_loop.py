@@ -15,14 +15,15 @@ from tqdm import tqdm
 from stages.atomic import atomic_path
 from stages.errors import InputError
 from stages.losses import LossWeights, total_loss
+from stages.metrics import summary
 from stages.prompts import MAX_CHOICES, PromptConfig
 from stages.schema import read_split
-from stages.student_data import EncodedSplit, encode_split, letter_token_ids, pad_batch, step_rows
+from stages.student_data import EncodedSplit, encode_split, letter_token_ids, step_rows
+from stages.student_model import add_lora, forward_letters, save_student
 from stages.train import SOFT_LABEL_FILES, ArmConfig, HLDConfig, KDConfig, TrainConfig, describe, resolve_layer
 from stages.train_eval import evaluate, final_metrics, write_plots
 
 log = logging.getLogger(__name__)
-PROJECTION_FILE = "hld_projection.safetensors"
 
 
 @dataclass
@@ -82,44 +83,70 @@ def phase_weights(spec: ArmConfig, kd: KDConfig | None, hld: HLDConfig | None, s
     return LossWeights(ce=ce, kd=kd_weight, hld=hld.gamma)
 
 
-def forward_letters(
-    model: Any, batch_ids: list[list[int]], pad_id: int, letter_ids: torch.Tensor, hidden_layer: int | None
-):
-    """(letter logits (batch, MAX_CHOICES), hidden state at the answer position (batch, d_student) or None)."""
-    device = letter_ids.device
-    input_ids, attention_mask, last = (t.to(device) for t in pad_batch(batch_ids, pad_id))
-    output = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=hidden_layer is not None)
-    rows = torch.arange(input_ids.shape[0], device=device)
-    letter_logits = output.logits[rows, last][:, letter_ids]  # (batch, MAX_CHOICES)
-    hidden = output.hidden_states[hidden_layer][rows, last] if hidden_layer is not None else None
-    return letter_logits, hidden
-
-
-def run_arm(
-    arm: str,
-    spec: ArmConfig,
+def step_loss(
+    model: Any,
+    projection: Any,
+    rows: TrainingRows,
+    batch: list[int],
+    weights: LossWeights,
     kd: KDConfig | None,
-    hld: HLDConfig | None,
-    config: TrainConfig,
-    params: dict[str, Any],
-    root: Path,
-) -> dict[str, float]:
-    """Train the arm and write data/students/<arm>/ atomically; returns its final metrics."""
+    letter_ids: torch.Tensor,
+    pad_id: int,
+    student_layer: int | None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The arm's loss on the rows `batch` (indices into `rows`)."""
+    letter_logits, hidden = forward_letters(
+        model, [rows.encoded.token_ids[i] for i in batch], pad_id, letter_ids, student_layer
+    )
+
+    def take(array: np.ndarray | None) -> torch.Tensor | None:
+        return None if array is None else torch.as_tensor(array[batch], device=letter_ids.device)
+
+    return total_loss(
+        weights,
+        letter_logits,
+        take(rows.encoded.valid),
+        take(rows.encoded.answers),
+        take(rows.is_labeled),
+        soft_labels=take(rows.soft_labels),
+        temperature=kd.temperature if kd else 1.0,
+        projected_hidden=projection(hidden) if projection is not None and weights.hld else None,
+        teacher_hidden=take(rows.teacher_hidden),
+    )
+
+
+@dataclass
+class Run:
+    """Everything the loop needs, placed by accelerate."""
+
+    accelerator: Any
+    model: Any
+    projection: Any  # torch.nn.Linear d_student -> d_teacher, HLD arms only
+    optimizer: Any
+    scheduler: Any
+    parameters: list[torch.nn.Parameter]
+    tokenizer: Any
+    rows: TrainingRows
+    evaluation: dict[str, EncodedSplit]
+    letter_ids: torch.Tensor  # (MAX_CHOICES,) student token id of each option letter
+    student_layer: int | None
+
+
+def prepare_run(spec: ArmConfig, hld: HLDConfig | None, config: TrainConfig, params: dict[str, Any], root: Path) -> Run:
+    """Load the student and every input (a missing or unusable input fails here, before any training)."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
-    from dvclive import Live
     from transformers import get_linear_schedule_with_warmup
 
     from stages.hf_models import load_model
 
-    seed = int(params["seed"])
-    set_seed(seed)
+    set_seed(int(params["seed"]))
     torch.use_deterministic_algorithms(True, warn_only=True)
     prompt = PromptConfig.from_params(params["prompt"])
-    model, tokenizer, ref = load_model(root / "data/models/student", dtype=torch.float32)
+    model, tokenizer, ref = load_model(root / "data/models/student", dtype=torch.float32)  # fp32 master weights
     if ref.kind != "causal_lm":
         raise InputError(f"the student {ref.source} has no LM head; the student must be a causal LM")
-    rows = load_rows(root, spec, hld, tokenizer, prompt)  # before training: a missing input fails here
+    rows = load_rows(root, spec, hld, tokenizer, prompt)
     evaluation = {
         name: encode_split(read_split(root / f"data/prepared/{name}.parquet"), tokenizer, prompt)
         for name in ("val", "test")
@@ -131,115 +158,104 @@ def run_arm(
     # A sequential HLD arm leaves the projection unused after the hint phase; DDP must tolerate that.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=hld is not None and hld.mode == "sequential")
     accelerator = Accelerator(mixed_precision=precision, kwargs_handlers=[ddp])
+    if config.labeled_per_step < accelerator.num_processes:  # every process needs labeled rows for its CE term
+        raise InputError(
+            f"train.batch_size={config.batch_size} gives {config.labeled_per_step} labeled rows per step, fewer than "
+            f"the {accelerator.num_processes} processes; raise train.batch_size or lower train.transfer_fraction"
+        )
     if config.lora:
         model = add_lora(model, config)
-    student_layer, projection = None, None
     modules: list[Any] = [model]
+    student_layer = None
     if hld is not None:
-        n_student_layers = model.config.num_hidden_layers + 1
-        student_layer = resolve_layer(hld.student_layer, n_student_layers, "distill.hld.student_layer")
-        projection = torch.nn.Linear(model.config.hidden_size, rows.teacher_hidden.shape[1], bias=False)
-        modules.append(projection)
+        student_layer = resolve_layer(
+            hld.student_layer, model.config.num_hidden_layers + 1, "distill.hld.student_layer"
+        )
+        modules.append(torch.nn.Linear(model.config.hidden_size, rows.teacher_hidden.shape[1], bias=False))
     parameters = [p for module in modules for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, round(config.warmup_fraction * config.steps), config.steps)
     *modules, optimizer, scheduler = accelerator.prepare(*modules, optimizer, scheduler)
-    model = modules[0]
-    projection = modules[1] if hld is not None else None
     letter_ids = torch.tensor(letters, device=accelerator.device)
-    pad_id = tokenizer.pad_token_id
-    uses_transfer = spec.soft_labels is not None or hld is not None
-    stream = step_rows(
-        rows.n_labeled,
-        rows.encoded.n_examples - rows.n_labeled,
-        config.labeled_per_step,
-        config.transfer_per_step,
-        seed,
-    )
+    projection = modules[1] if hld is not None else None
+    return Run(
+        accelerator, modules[0], projection, optimizer, scheduler, parameters, tokenizer, rows, evaluation, letter_ids,
+        student_layer,
+    )  # fmt: skip
+
+
+def train_steps(
+    run: Run, spec: ArmConfig, kd: KDConfig | None, hld: HLDConfig | None, config: TrainConfig, seed: int, live: Any
+) -> None:
+    """The optimiser loop; `live` (main process only, else None) gets every loss term and the val metrics."""
+    rows, accelerator, pad_id = run.rows, run.accelerator, run.tokenizer.pad_token_id
+    n_transfer = rows.encoded.n_examples - rows.n_labeled
+    stream = step_rows(rows.n_labeled, n_transfer, config.labeled_per_step, config.transfer_per_step, seed)
+    uses_transfer = spec.soft_labels is not None or hld is not None  # the gold arm skips the transfer rows
     rank, world = accelerator.process_index, accelerator.num_processes
-    if config.labeled_per_step < world:  # every process needs labeled rows for its CE term
-        raise InputError(
-            f"train.batch_size={config.batch_size} gives {config.labeled_per_step} labeled rows per step, fewer than "
-            f"the {world} processes; raise train.batch_size or lower train.transfer_fraction"
+    progress = tqdm(range(config.steps), desc="train", disable=live is None)
+    for step in progress:
+        drawn = next(stream)
+        batch = drawn.labeled + ([rows.n_labeled + i for i in drawn.transfer] if uses_transfer else [])
+        batch = batch[rank::world]  # each process takes its share of the global batch
+        weights = phase_weights(spec, kd, hld, step, config.steps)
+        run.model.train()
+        with accelerator.autocast():
+            loss, terms = step_loss(
+                run.model, run.projection, rows, batch, weights, kd, run.letter_ids, pad_id, run.student_layer
+            )
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(run.parameters, config.max_grad_norm)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad()
+        progress.set_postfix(loss=f"{loss.item():.4f}")
+        evaluate_now = (step + 1) % config.eval_every == 0 or step + 1 == config.steps
+        val_probs = (
+            evaluate(run.model, run.evaluation["val"], pad_id, run.letter_ids, config.batch_size)
+            if evaluate_now
+            else None
         )
+        if live is None:
+            continue
+        live.log_metric("train/loss", loss.item())
+        for name, value in terms.items():
+            live.log_metric(f"train/{name}", value.item())
+        if val_probs is not None:
+            for name, value in summary(val_probs, run.evaluation["val"].answers).items():
+                live.log_metric(f"val/{name}", value)
+        live.next_step()
 
+
+def run_arm(
+    arm: str,
+    spec: ArmConfig,
+    kd: KDConfig | None,
+    hld: HLDConfig | None,
+    config: TrainConfig,
+    params: dict[str, Any],
+    root: Path,
+) -> dict[str, float]:
+    """Train the arm and write data/students/<arm>/ atomically (main process only); returns its final metrics."""
+    from dvclive import Live
+
+    run = prepare_run(spec, hld, config, params, root)
+    pad_id = run.tokenizer.pad_token_id
+    if not run.accelerator.is_main_process:
+        train_steps(run, spec, kd, hld, config, int(params["seed"]), live=None)
+        run.accelerator.wait_for_everyone()
+        return final_metrics(run.model, run.evaluation, pad_id, run.letter_ids, config.batch_size)
+    # DVCLive writes into its folder while training: it lives inside the temporary arm folder, renamed at the end.
     with atomic_path(root / f"data/students/{arm}", directory=True) as out:
-        live = Live(dir=str(out / "live"), save_dvc_exp=False, dvcyaml=False) if accelerator.is_main_process else None
-        progress = tqdm(range(config.steps), desc=f"train {arm}", disable=not accelerator.is_main_process)
-        for step in progress:
-            drawn = next(stream)
-            batch = drawn.labeled + ([rows.n_labeled + i for i in drawn.transfer] if uses_transfer else [])
-            batch = batch[rank::world]  # each process takes its share of the global batch
-            weights = phase_weights(spec, kd, hld, step, config.steps)
-            model.train()
-            with accelerator.autocast():
-                letter_logits, hidden = forward_letters(
-                    model, [rows.encoded.token_ids[i] for i in batch], pad_id, letter_ids, student_layer
-                )
-
-                def target(array: np.ndarray | None, rows: list[int] = batch) -> torch.Tensor | None:
-                    return None if array is None else torch.as_tensor(array[rows], device=accelerator.device)
-
-                loss, terms = total_loss(
-                    weights,
-                    letter_logits,
-                    target(rows.encoded.valid),
-                    target(rows.encoded.answers),
-                    target(rows.is_labeled),
-                    soft_labels=target(rows.soft_labels),
-                    temperature=kd.temperature if kd else 1.0,
-                    projected_hidden=projection(hidden) if projection is not None and weights.hld else None,
-                    teacher_hidden=target(rows.teacher_hidden),
-                )
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            progress.set_postfix(loss=f"{loss.item():.4f}")
-            if live is not None:
-                live.log_metric("train/loss", loss.item())
-                for name, value in terms.items():
-                    live.log_metric(f"train/{name}", value.item())
-            if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
-                val_probs = evaluate(model, evaluation["val"], pad_id, letter_ids, config.batch_size)
-                if live is not None:
-                    live.log_metric("val/acc", float(np.mean(val_probs.argmax(-1) == evaluation["val"].answers)))
-            if live is not None:
-                live.next_step()
-        metrics = final_metrics(model, evaluation, pad_id, letter_ids, config.batch_size)
-        if accelerator.is_main_process:
-            live.end()
-            save_student(accelerator, model, projection, tokenizer, out, describe(arm, spec, kd, hld, config))
-            (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-            write_plots(out, model, evaluation["test"], pad_id, letter_ids, config.batch_size)
-        accelerator.wait_for_everyone()
-    return metrics
-
-
-def add_lora(model: Any, config: TrainConfig) -> Any:
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError as error:
-        raise InputError("train.lora=true needs peft: `pip install peft`, or set train.lora: false") from error
-    lora = LoraConfig(
-        r=config.lora_rank, lora_alpha=2 * config.lora_rank, target_modules="all-linear", task_type="CAUSAL_LM"
-    )
-    return get_peft_model(model, lora)
-
-
-def save_student(accelerator: Any, model: Any, projection: Any, tokenizer: Any, out: Path, description: dict) -> None:
-    """save_pretrained the student (LoRA merged in); the HLD projection goes to its own file, unused at inference."""
-    from safetensors.torch import save_file
-
-    student = accelerator.unwrap_model(model)
-    if hasattr(student, "merge_and_unload"):
-        student = student.merge_and_unload()
-    student.save_pretrained(out / "model", safe_serialization=True)
-    tokenizer.save_pretrained(out / "model")
-    (out / "model" / "training.json").write_text(json.dumps(description, indent=2, sort_keys=True) + "\n")
-    if projection is not None:
-        weight = accelerator.unwrap_model(projection).weight.detach().float().cpu().contiguous()
-        save_file(
-            {"weight": weight}, str(out / "model" / PROJECTION_FILE), metadata={"shape": "(d_teacher, d_student)"}
+        live = Live(dir=str(out / "live"), save_dvc_exp=False, dvcyaml=False)
+        live.step = 1  # the curves' step = optimiser steps completed
+        train_steps(run, spec, kd, hld, config, int(params["seed"]), live)
+        live.end()
+        metrics = final_metrics(run.model, run.evaluation, pad_id, run.letter_ids, config.batch_size)
+        save_student(
+            run.accelerator, run.model, run.projection, run.tokenizer, out, describe(arm, spec, kd, hld, config)
         )
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        write_plots(out, run.model, run.evaluation["test"], pad_id, run.letter_ids, config.batch_size)
+        run.accelerator.wait_for_everyone()
+    return metrics
