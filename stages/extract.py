@@ -232,9 +232,11 @@ def extract_split(split: Split, model_dir: Path, out: Path, prompt: PromptConfig
 @exits_cleanly
 def main(
     split: Annotated[str, typer.Argument(help="Split to extract: labeled, transfer, val or test.")],
-    data: Annotated[Path, typer.Option(help="Prepared split parquet (default data/prepared/<split>.parquet).")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Prepared split parquet (default data/prepared/<split>.parquet).")
+    ] = None,
     teacher: Annotated[Path, typer.Option(help="Teacher model dir.")] = Path("data/models/teacher"),
-    out: Annotated[Path, typer.Option(help="Output store (default data/hidden/<split>.zarr).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output store (default data/hidden/<split>.zarr).")] = None,
     params_file: Annotated[Path, typer.Option(help="Parameters file.")] = Path("params.yaml"),
 ) -> None:
     """Cache the teacher's hidden states of every layer into a zarr store."""
