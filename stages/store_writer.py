@@ -75,6 +75,7 @@ def open_partial(path: Path, layout: StoreLayout, print_: str) -> tuple[Any, set
         except Exception:  # unreadable metadata (killed while creating): start over
             same = False
         if same:
+            (path / DONE).mkdir(exist_ok=True)  # gone if a run was killed while finalising: redo every shard
             done = {int(p.name) for p in (path / DONE).glob("*") if p.name.isdigit()}
             log.info("resuming %s: %d of %d shards already done", path, len(done), layout.n_shards)
             return group, done
