@@ -48,16 +48,10 @@ class EncodedSplit:
         return len(self.token_ids)
 
 
-def encode_split(split: Split, tokenizer: Any, prompt: PromptConfig, max_length: int | None = None) -> EncodedSplit:
+def encode_split(split: Split, tokenizer: Any, prompt: PromptConfig) -> EncodedSplit:
+    """The split's prompts in the student's tokenizer (the same text the teacher read, in other tokens)."""
     texts = [format_prompt(q, c, prompt) for q, c in zip(split.questions, split.choices, strict=True)]
     token_ids = tokenizer(texts, add_special_tokens=True)["input_ids"]
-    if max_length is not None:
-        too_long = [i for i, ids in enumerate(token_ids) if len(ids) > max_length]
-        if too_long:
-            raise InputError(
-                f"{len(too_long)} prompt(s) exceed train.max_length={max_length} student tokens (e.g. example "
-                f"{split.ids[too_long[0]]!r}: {len(token_ids[too_long[0]])}); raise train.max_length"
-            )
     return EncodedSplit(token_ids=list(token_ids), answers=split.answers, valid=split.valid_mask())
 
 

@@ -151,6 +151,10 @@ def prepare_run(spec: ArmConfig, hld: HLDConfig | None, config: TrainConfig, par
         name: encode_split(read_split(root / f"data/prepared/{name}.parquet"), tokenizer, prompt)
         for name in ("val", "test")
     }
+    longest = max(len(ids) for part in (rows.encoded, *evaluation.values()) for ids in part.token_ids)
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and longest > limit:
+        raise InputError(f"the longest prompt has {longest} student tokens, more than the student's {limit} positions")
     letters = letter_token_ids(tokenizer, MAX_CHOICES)
     precision = config.mixed_precision
     if precision == "auto":
