@@ -73,7 +73,7 @@ def test_masked_slots_get_no_probability_and_do_not_distort():
         -1,
     )
     assert torch.all(probs_5[..., 3:] == 0)
-    torch.testing.assert_close(probs_5[..., :3], probs_3, atol=1e-4, rtol=0)
+    torch.testing.assert_close(probs_5[..., :3], probs_3, atol=1e-3, rtol=0)
 
 
 def test_fold_masks_and_out_of_fold_gather():
