@@ -1,0 +1,141 @@
+"""Benchmark the batched torch probe (all layers at once) against scikit-learn fitted layer by layer.
+
+Not part of pytest. Same standardised features, same objective (sklearn C = 1 / (n_train * l2)); both
+single-threaded so the ratio is about the algorithm, not core counts. Also times reading each layer from a
+float16 zarr store laid out like `data/hidden/<split>.zarr`, to show where the probe stage spends its time.
+
+    .venv/bin/python benchmarks/bench_probe.py --n-layers 25 --d-model 1024 --n-train 512
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before numpy/torch import: one BLAS thread for both sides
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+from sklearn.linear_model import LogisticRegression
+
+from stages.hidden_store import HiddenStore
+from stages.probe_fit import FitSettings, fit_probes, fold_masks, predict
+
+
+def synthetic_layers(n_layers: int, n_examples: int, d_model: int, n_slots: int, seed: int):
+    """Hidden states whose answer signal rises then falls with depth, anisotropic noise, large offsets."""
+    rng = np.random.default_rng(seed)
+    answers = rng.integers(0, n_slots, size=n_examples)
+    directions = rng.normal(size=(n_slots, d_model)) / np.sqrt(d_model) * 6
+    scales = np.exp(rng.normal(size=d_model))  # per-dimension noise scale, like real residual streams
+    strength = np.sin(np.linspace(0.1, np.pi - 0.1, n_layers))  # peaks in the middle layers
+    features = np.empty((n_layers, n_examples, d_model), dtype=np.float32)
+    for layer in range(n_layers):
+        noise = rng.normal(size=(n_examples, d_model)) * scales + rng.normal(size=d_model) * 20
+        features[layer] = noise + strength[layer] * directions[answers] * scales
+    return features, answers
+
+
+def fold_of(n_examples: int, n_folds: int) -> np.ndarray:
+    return np.arange(n_examples) % n_folds
+
+
+def fit_torch(train_x, train_y, test_x, n_slots, l2, n_folds):
+    """The probe stage's workload: K fold probes + a refit on all rows, every layer, in one batched fit."""
+    n_examples = train_x.shape[1]
+    valid = torch.ones(n_examples, n_slots, dtype=torch.bool)
+    train = fold_masks(torch.from_numpy(fold_of(n_examples, n_folds)), n_folds)
+    start = time.perf_counter()
+    params = fit_probes(torch.from_numpy(train_x), torch.from_numpy(train_y), valid, train, FitSettings(l2=l2))
+    seconds = time.perf_counter() - start
+    refit = {name: tensor[n_folds] for name, tensor in params.items()}
+    test_valid = torch.ones(test_x.shape[1], n_slots, dtype=torch.bool)
+    return seconds, predict(refit, torch.from_numpy(test_x), test_valid).argmax(-1).numpy()
+
+
+def fit_sklearn(train_x, train_y, test_x, l2, n_folds):
+    """The same fits one (fold, layer) at a time with LogisticRegression (lbfgs, multinomial, default tol)."""
+    folds = fold_of(len(train_y), n_folds)
+    seconds, predictions = 0.0, []
+    for layer in range(train_x.shape[0]):
+        for fold in [*range(n_folds), None]:  # None: the refit on all rows, scored on test
+            rows = np.ones(len(train_y), dtype=bool) if fold is None else folds != fold
+            start = time.perf_counter()
+            x = train_x[layer][rows]
+            mean, std = x.mean(0), np.maximum(x.std(0), 1e-6)
+            model = LogisticRegression(C=1.0 / (rows.sum() * l2), l1_ratio=0, max_iter=1000)
+            model.fit((x - mean) / std, train_y[rows])
+            seconds += time.perf_counter() - start
+        predictions.append(model.predict((test_x[layer] - mean) / std))
+    return seconds, np.stack(predictions)
+
+
+def read_time(features: np.ndarray) -> float:
+    """Seconds to read every layer of a store holding `features` (n_layers, n_examples, d_model)."""
+    n_layers, n_examples, d_model = features.shape
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "bench.zarr"
+        group = zarr.open_group(str(path), mode="w")
+        hidden = features.transpose(1, 0, 2).astype(np.float16)  # (n_examples, n_layers, d_model)
+        group.create_array("hidden", data=hidden, chunks=(256, 1, d_model))
+        group.attrs.update(example_ids=[str(i) for i in range(n_examples)], layers=list(range(n_layers)))
+        group.attrs.update(n_teacher_layers=n_layers, complete=True)
+        store = HiddenStore.open(path)
+        start = time.perf_counter()
+        for slot in range(n_layers):
+            store.read_layer(slot)
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-layers", type=int, default=25)
+    parser.add_argument("--d-model", type=int, default=1024)
+    parser.add_argument("--n-train", type=int, default=512)
+    parser.add_argument("--n-test", type=int, default=512)
+    parser.add_argument("--n-slots", type=int, default=4)
+    parser.add_argument("--l2", type=float, default=1e-3)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    features, answers = synthetic_layers(
+        args.n_layers, args.n_train + args.n_test, args.d_model, args.n_slots, args.seed
+    )
+    train_x, test_x = features[:, : args.n_train], features[:, args.n_train :]
+    train_y, test_y = answers[: args.n_train], answers[args.n_train :]
+    fit_torch(
+        train_x[:1, :32], train_y[:32], test_x[:1, :8], args.n_slots, args.l2, args.folds
+    )  # warm-up (first-call costs)
+
+    torch_s, torch_pred = fit_torch(train_x, train_y, test_x, args.n_slots, args.l2, args.folds)
+    sklearn_s, sklearn_pred = fit_sklearn(train_x, train_y, test_x, args.l2, args.folds)
+    read_s = read_time(features)
+
+    print(
+        f"{args.n_layers} layers, d_model {args.d_model}, {args.n_train} train / {args.n_test} test, "
+        f"{args.n_slots} slots, l2 {args.l2} (sklearn C {1 / (args.n_train * args.l2):.4g}), 1 thread"
+    )
+    print(f"{'layer':>5} {'torch acc':>9} {'sklearn acc':>11} {'diff (pts)':>10} {'agree':>6}")
+    worst = 0.0
+    for layer in range(args.n_layers):
+        torch_acc = (torch_pred[layer] == test_y).mean() * 100
+        sklearn_acc = (sklearn_pred[layer] == test_y).mean() * 100
+        agree = (torch_pred[layer] == sklearn_pred[layer]).mean() * 100
+        worst = max(worst, abs(torch_acc - sklearn_acc))
+        print(f"{layer:>5} {torch_acc:>9.1f} {sklearn_acc:>11.1f} {torch_acc - sklearn_acc:>10.1f} {agree:>5.1f}%")
+    print(f"fits: {args.folds} folds + refit per layer = {(args.folds + 1) * args.n_layers}; accuracy: refit on test")
+    print(f"fit, all layers: torch batched {torch_s:.2f} s, sklearn layer by layer {sklearn_s:.2f} s")
+    print(f"speed-up {sklearn_s / torch_s:.1f}x; largest per-layer accuracy gap {worst:.1f} points")
+    print(f"reading all layers of a float16 zarr store ({args.n_train + args.n_test} examples): {read_s:.2f} s")
+
+
+if __name__ == "__main__":
+    main()
