@@ -24,6 +24,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+# Small enough that N already spans several shards: writer overlap and queue are exercised at N and 4N.
+SHARD_EXAMPLES = 64
 WORDS = "apple stone river cloud fox dog sky brown quick lazy jumps over the colour question answer".split()
 
 
@@ -79,7 +81,7 @@ def measure(mode: str, workdir: Path, n: int, batch_size: int) -> dict:
     load_model(workdir / "teacher")  # warm imports and the file cache: one-off costs are not throughput
     start = time.perf_counter()
     if mode == "extract":
-        config = ExtractConfig(batch_size=batch_size, shard_examples=256, device="cpu")
+        config = ExtractConfig(batch_size=batch_size, shard_examples=SHARD_EXAMPLES, device="cpu")
         extract_split(split, workdir / "teacher", workdir / f"out-{mode}-{n}.zarr", PromptConfig(), config)
     else:
         from stages.extract_batches import collate, shard_batches, tokenize_prompts
@@ -89,8 +91,8 @@ def measure(mode: str, workdir: Path, n: int, batch_size: int) -> dict:
         tokens = tokenize_prompts(tokenizer, prompts, split.ids)
         with torch.inference_mode():
             if mode == "bare":  # the same length-bucketed batches, nothing kept: the ceiling
-                for shard_start in range(0, n, 256):
-                    stop = min(shard_start + 256, n)
+                for shard_start in range(0, n, SHARD_EXAMPLES):
+                    stop = min(shard_start + SHARD_EXAMPLES, n)
                     for rows in shard_batches(tokens.lengths, shard_start, stop, batch_size):
                         batch = collate(tokens, rows, tokenizer.pad_token_id, tokenizer.padding_side)
                         model.base_model(
