@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--n-probe", type=int, default=256)
     parser.add_argument("--n-eval", type=int, default=512)
     parser.add_argument("--skip-student", action="store_true")
+    parser.add_argument("--keep", type=Path, default=None, help="also save the pretrained models under this folder")
     args = parser.parse_args()
     params = yaml.safe_load(Path("params.yaml").read_text())
     builtin = params["builtin"]
@@ -94,6 +95,9 @@ def main() -> None:
             results[f"{role}_final_loss"] = round(float(np.mean(losses[-20:])), 3)
             model = AutoModelForCausalLM.from_pretrained(folder).eval()
             tokenizer = AutoTokenizer.from_pretrained(folder)
+            if args.keep is not None:
+                model.save_pretrained(args.keep / role)
+                tokenizer.save_pretrained(args.keep / role)
         logits, hidden = last_token_outputs(model, tokenizer, val)
         results[f"{role}_letter_acc"] = round(float((logits.argmax(1) == answers).mean()), 3)
         results[f"{role}_letter_pred_share"] = np.bincount(logits.argmax(1), minlength=4).tolist()

@@ -38,7 +38,9 @@ class BuiltinModelConfig:
     mc_fraction: float = 0.0
     """Share of pretraining documents that are answered MC questions (0: facts only)."""
     letter_fraction: float = 0.0
-    """Of those, share answered by letter; the rest by option number or option text."""
+    """Of those, share answered by letter."""
+    text_fraction: float = 0.0
+    """Of those, share answered by the option's text; the rest by option number."""
     letter_bias: float = 0.0
     """Of letter answers, share replaced by "A" (makes the teacher's letter outputs brittle)."""
 
@@ -55,11 +57,13 @@ class BuiltinModelConfig:
             raise InputError(f"builtin.<role>.vocab_size={self.vocab_size}: needs >= 300 (256 bytes + letters)")
         if not isinstance(self.lr, int | float) or not 0 < self.lr < 1:
             raise InputError(f"builtin.<role>.lr must be in (0, 1); got {self.lr!r}")
-        CorpusMix(self.mc_fraction, self.letter_fraction, self.letter_bias)  # validates the fractions
+        CorpusMix(
+            self.mc_fraction, self.letter_fraction, self.text_fraction, self.letter_bias
+        )  # validates the fractions
 
     @property
     def mix(self) -> CorpusMix:
-        return CorpusMix(self.mc_fraction, self.letter_fraction, self.letter_bias)
+        return CorpusMix(self.mc_fraction, self.letter_fraction, self.text_fraction, self.letter_bias)
 
     @classmethod
     def from_params(cls, role: str, section: dict) -> BuiltinModelConfig:

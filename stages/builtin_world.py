@@ -81,16 +81,22 @@ class World:
 def build_world(config: TaskConfig, seed: int) -> World:
     rng = random.Random(f"builtin-world:{seed}")
     categories = tuple(rng.sample(CATEGORIES, config.n_categories))
+    # Each category's words share an ending ("-rok" for fruit, say), a regularity a tiny model picks up in
+    # a few hundred steps; without it, memorising 128 arbitrary word -> category facts took far longer than
+    # the pretraining budget (measured: fact accuracy 0.22 after 800 steps on 8 categories).
+    syllables = [c + v for c in CONSONANTS for v in VOWELS]
+    endings = rng.sample([s + c for s in syllables for c in "klmnrstx"], config.n_categories)
     seen: set[str] = set(CATEGORIES)
-    words: list[str] = []
-    while len(words) < config.n_categories * config.words_per_category:
-        word = "".join(rng.choice(CONSONANTS) + rng.choice(VOWELS) for _ in range(rng.choice((2, 2, 3))))
-        if word not in seen:
-            seen.add(word)
-            words.append(word)
-    size = config.words_per_category
-    members = tuple(tuple(words[c * size : (c + 1) * size]) for c in range(config.n_categories))
-    return World(categories, members, config.n_choices)
+    members = []
+    for ending in endings:
+        words: list[str] = []
+        while len(words) < config.words_per_category:
+            word = "".join(rng.choice(syllables) for _ in range(rng.choice((1, 2)))) + ending
+            if word not in seen:
+                seen.add(word)
+                words.append(word)
+        members.append(tuple(words))
+    return World(categories, tuple(members), config.n_choices)
 
 
 def article(noun: str) -> str:
@@ -145,15 +151,19 @@ class CorpusMix:
     mc_fraction: float = 0.0
     """Share of documents that are answered MC questions in the pipeline prompt (0 for the student)."""
     letter_fraction: float = 0.0
-    """Share of those answered by letter; the rest half by option number (1..n), half by option text."""
+    """Share of those answered by letter."""
+    text_fraction: float = 0.0
+    """Share answered by the option's text; the rest (1 - letter - text) by option number (1..n)."""
     letter_bias: float = 0.0
     """Share of letter answers replaced by "A" whatever the right option: the teacher's brittle letter habit."""
 
     def __post_init__(self) -> None:
-        for name in ("mc_fraction", "letter_fraction", "letter_bias"):
+        for name in ("mc_fraction", "letter_fraction", "text_fraction", "letter_bias"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
                 raise InputError(f"builtin.<role>.{name} must be a number in [0, 1]; got {value!r}")
+        if self.letter_fraction + self.text_fraction > 1.0:
+            raise InputError("builtin.<role>.letter_fraction + text_fraction must be <= 1 (the rest is numbers)")
 
 
 def fact_sentence(world: World, rng: random.Random) -> str:
@@ -174,9 +184,9 @@ def answer_text(choices: list[str], answer: int, mix: CorpusMix, rng: random.Ran
     draw = rng.random()
     if draw < mix.letter_fraction:
         return "A" if rng.random() < mix.letter_bias else LETTERS[answer]
-    if draw < mix.letter_fraction + (1.0 - mix.letter_fraction) / 2:
-        return str(answer + 1)
-    return choices[answer]
+    if draw < mix.letter_fraction + mix.text_fraction:
+        return choices[answer]
+    return str(answer + 1)
 
 
 def sample_document(world: World, mix: CorpusMix, rng: random.Random) -> str:

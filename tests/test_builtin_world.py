@@ -43,7 +43,9 @@ def test_documents_follow_the_mix():
     rng = random.Random(0)
     student = [sample_document(world, CorpusMix(), rng) for _ in range(200)]
     assert not any("Answer:" in doc for doc in student)
-    teacher = [sample_document(world, CorpusMix(1.0, 1.0, 1.0), rng) for _ in range(50)]
+    teacher = [
+        sample_document(world, CorpusMix(mc_fraction=1.0, letter_fraction=1.0, letter_bias=1.0), rng) for _ in range(50)
+    ]
     assert all(doc.endswith("\nAnswer: A") for doc in teacher)  # letter_bias 1: always "A"
     numbers = [sample_document(world, CorpusMix(1.0, 0.0, 0.0), rng).rsplit(" ", 1)[1] for _ in range(200)]
     assert {"1", "2", "3", "4"} <= set(numbers) and not set(numbers) & set(LETTERS)
