@@ -29,7 +29,7 @@ POSITION_RULE = "last_non_special"
 
 @dataclass(frozen=True)
 class TokenizedPrompts:
-    input_ids: list[list[int]]
+    input_ids: list[np.ndarray]  # one (seq,) int32 array per example, unpadded
     answer_index: np.ndarray  # (n_examples,) int64: the answer position within each unpadded prompt
 
     @property
@@ -46,15 +46,24 @@ class Batch:
     answer_position: np.ndarray  # (batch,) int64: column of each row's answer token in the padded batch
 
 
-def tokenize_prompts(tokenizer: Any, prompts: Sequence[str], example_ids: Sequence[str]) -> TokenizedPrompts:
-    encoded = tokenizer(list(prompts), add_special_tokens=True, return_special_tokens_mask=True)
+def tokenize_prompts(
+    tokenizer: Any, prompts: Sequence[str], example_ids: Sequence[str], chunk: int = 256
+) -> TokenizedPrompts:
+    # Chunks, kept as int32 arrays: a fast tokenizer's batch output (tokens, offsets, masks per token) for a
+    # whole split would otherwise be the one thing in memory that grows with the number of examples.
+    input_ids: list[np.ndarray] = []
     answer_index = np.empty(len(prompts), dtype=np.int64)
-    for row, special in enumerate(encoded["special_tokens_mask"]):
-        content = np.flatnonzero(np.asarray(special) == 0)
-        if content.size == 0:
-            raise InputError(f"example {example_ids[row]}: its prompt tokenises to special tokens only")
-        answer_index[row] = content[-1]
-    return TokenizedPrompts(input_ids=[list(ids) for ids in encoded["input_ids"]], answer_index=answer_index)
+    for first in range(0, len(prompts), chunk):
+        encoded = tokenizer(
+            list(prompts[first : first + chunk]), add_special_tokens=True, return_special_tokens_mask=True
+        )
+        for offset, (ids, special) in enumerate(zip(encoded["input_ids"], encoded["special_tokens_mask"], strict=True)):
+            content = np.flatnonzero(np.asarray(special) == 0)
+            if content.size == 0:
+                raise InputError(f"example {example_ids[first + offset]}: its prompt tokenises to special tokens only")
+            answer_index[first + offset] = content[-1]
+            input_ids.append(np.asarray(ids, dtype=np.int32))
+    return TokenizedPrompts(input_ids=input_ids, answer_index=answer_index)
 
 
 def letter_token_ids(tokenizer: Any, n_letters: int) -> tuple[list[int], str]:

@@ -204,7 +204,7 @@ def test_collate_pads_on_either_side_and_tracks_the_answer(causal_dir):
         batch = collate(tokens, rows, pad_id=-1, padding_side=side)
         for i, row in enumerate(rows):
             kept = batch.input_ids[i][batch.attention_mask[i] == 1].tolist()
-            assert kept == tokens.input_ids[row]
+            assert kept == tokens.input_ids[row].tolist()
             answer = batch.input_ids[i, batch.answer_position[i]]
             assert answer == tokens.input_ids[row][tokens.answer_index[row]]
             assert batch.position_ids[i, batch.answer_position[i]] == tokens.answer_index[row]
