@@ -1,0 +1,103 @@
+"""The real pipeline through `dvc repro`, in a temporary git+DVC repo, on a tiny configuration.
+
+Also the caching contract: after a full run, changing `probe.layer` reruns `label`, the probe-KD student
+and the summary, and nothing else; `dvc metrics diff` then shows the changed numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Small enough for a few CPU minutes in all; every key must already exist in params.yaml.
+TINY = {
+    "data": {"labeled": 24, "transfer": 48, "val": 24, "test": 32},
+    "builtin": {
+        "task": {"n_train": 96, "n_val": 24, "n_test": 32},
+        "teacher": {"steps": 60},
+        "student": {"steps": 20},
+    },
+    "extract": {"batch_size": 16, "shard_examples": 16},
+    "probe": {"folds": 3},
+    "train": {"steps": 6, "batch_size": 8, "eval_every": 3},
+}
+
+
+def merge_existing(params: dict, overrides: dict, path: str = "") -> None:
+    for key, value in overrides.items():
+        assert key in params, f"test override {path}{key} is not a key of params.yaml"
+        if isinstance(value, dict):
+            merge_existing(params[key], value, f"{path}{key}.")
+        else:
+            params[key] = value
+
+
+def run(args: list[str], cwd: Path) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return done.stdout + done.stderr
+
+
+def dvc(*args: str, cwd: Path) -> str:
+    return run([sys.executable, "-m", "dvc", *args], cwd)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    repo = tmp_path_factory.mktemp("pipeline")
+    shutil.copytree(ROOT / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    merge_existing(params, TINY)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], repo)
+    run(["git", "config", "user.email", "test@example.invalid"], repo)
+    run(["git", "config", "user.name", "test"], repo)
+    dvc("init", "-q", cwd=repo)
+    dvc("config", "core.analytics", "false", cwd=repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "tiny pipeline"], repo)
+    dvc("repro", cwd=repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "ran"], repo)
+    return repo
+
+
+def summary(repo: Path) -> dict:
+    return json.loads((repo / "data/summary/metrics.json").read_text())
+
+
+def test_repro_writes_every_arm_and_reference(repo):
+    metrics = summary(repo)
+    for arm in ("gold", "logit_kd", "probe_kd", "hld"):
+        accuracy = metrics[f"{arm}_test_acc"]
+        assert 0.0 <= accuracy <= 1.0
+    store_attrs = json.loads((repo / "data/hidden/test.zarr/zarr.json").read_text())["attributes"]
+    assert store_attrs["complete"] is True and store_attrs["n_examples"] == 32
+
+
+def test_second_repro_is_a_no_op(repo):
+    output = dvc("repro", cwd=repo)
+    assert "Running stage" not in output
+
+
+def test_probe_layer_change_reruns_only_label_probe_kd_and_summary(repo):
+    before = json.loads((repo / "data/labels/quality.json").read_text())
+    output = dvc("exp", "run", "-S", "probe.layer=0", cwd=repo)
+    ran = set(re.findall(r"Running stage '([^']+)'", output))
+    assert ran == {"label", "train@probe_kd", "summarize"}, output
+    after = json.loads((repo / "data/labels/quality.json").read_text())
+    assert after != before
+    diff = json.loads(dvc("metrics", "diff", "--json", cwd=repo))
+    assert any("quality.json" in path for path in diff), diff
