@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from tqdm import tqdm
 
 from stages.atomic import atomic_path
 from stages.errors import InputError
+from stages.launch import LAUNCHER_ENV
 from stages.losses import LossWeights, total_loss
 from stages.metrics import summary
 from stages.prompts import MAX_CHOICES, PromptConfig
@@ -93,8 +95,13 @@ def step_loss(
     letter_ids: torch.Tensor,
     pad_id: int,
     student_layer: int | None,
+    scales: dict[str, float],
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The arm's loss on the rows `batch` (indices into `rows`)."""
+    """(this process's loss, its scaled terms) on its rows `batch` (indices into `rows`).
+
+    Each term is multiplied by `scales` (see `term_scales`) so that DDP's mean of the processes' gradients is
+    the gradient of the loss on the whole global batch.
+    """
     letter_logits, hidden = forward_letters(
         model, [rows.encoded.token_ids[i] for i in batch], pad_id, letter_ids, student_layer
     )
@@ -102,7 +109,7 @@ def step_loss(
     def take(array: np.ndarray | None) -> torch.Tensor | None:
         return None if array is None else torch.as_tensor(array[batch], device=letter_ids.device)
 
-    return total_loss(
+    _, terms = total_loss(
         weights,
         letter_logits,
         take(rows.encoded.valid),
@@ -113,6 +120,19 @@ def step_loss(
         projected_hidden=projection(hidden) if projection is not None and weights.hld else None,
         teacher_hidden=take(rows.teacher_hidden),
     )
+    scaled = {name: value * scales[name] for name, value in terms.items()}
+    return sum(getattr(weights, name) * value for name, value in scaled.items()), scaled
+
+
+def term_scales(is_labeled: np.ndarray, batch: list[int], shard: list[int], world: int) -> dict[str, float]:
+    """world x (this shard's share of the rows each term averages over): CE over labeled rows, KD and HLD over all.
+
+    A term is a mean over its rows; scaled so, the mean over processes of the shards' terms is the global mean
+    (1.0 each with one process).
+    """
+    labeled = world * int(is_labeled[shard].sum()) / int(is_labeled[batch].sum())
+    every = world * len(shard) / len(batch)
+    return {"ce": labeled, "kd": every, "hld": every}
 
 
 @dataclass
@@ -135,7 +155,7 @@ class Run:
 def prepare_run(spec: ArmConfig, hld: HLDConfig | None, config: TrainConfig, params: dict[str, Any], root: Path) -> Run:
     """Load the student and every input (a missing or unusable input fails here, before any training)."""
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, set_seed
+    from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, set_seed
     from transformers import get_linear_schedule_with_warmup
 
     from stages.hf_models import load_model
@@ -161,7 +181,22 @@ def prepare_run(spec: ArmConfig, hld: HLDConfig | None, config: TrainConfig, par
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     # A sequential HLD arm leaves the projection unused after the hint phase; DDP must tolerate that.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=hld is not None and hld.mode == "sequential")
-    accelerator = Accelerator(mixed_precision=precision, kwargs_handlers=[ddp])
+    # Without cpu=True, accelerate ignores torchrun's WORLD_SIZE on a machine with no accelerator: every process
+    # then trains alone as its own "main process" and they all write the arm folder at once.
+    # split_batches: train.batch_size is the global batch, so the prepared scheduler steps once per optimiser step
+    # (otherwise accelerate steps it once per process and the LR decays num_processes times too fast).
+    accelerator = Accelerator(
+        mixed_precision=precision,
+        kwargs_handlers=[ddp],
+        cpu=not torch.accelerator.is_available(),
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+    )
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if accelerator.num_processes != launched:
+        raise InputError(
+            f"the launcher started WORLD_SIZE={launched} processes but accelerate set up {accelerator.num_processes} "
+            f"({accelerator.distributed_type}); check {LAUNCHER_ENV} and the accelerate config"
+        )
     if config.labeled_per_step < accelerator.num_processes:  # every process needs labeled rows for its CE term
         raise InputError(
             f"train.batch_size={config.batch_size} gives {config.labeled_per_step} labeled rows per step, fewer than "
@@ -191,7 +226,12 @@ def prepare_run(spec: ArmConfig, hld: HLDConfig | None, config: TrainConfig, par
 def train_steps(
     run: Run, spec: ArmConfig, kd: KDConfig | None, hld: HLDConfig | None, config: TrainConfig, seed: int, live: Any
 ) -> None:
-    """The optimiser loop; `live` (main process only, else None) gets every loss term and the val metrics."""
+    """The optimiser loop; `live` (main process only, else None) gets every loss term and the val metrics.
+
+    Every process draws the same global batches (same seed) and trains on its share; the logged terms are the
+    global batch's, averaged over processes. Only the main process evaluates, on the unwrapped model, so that
+    no DDP collective runs on one process alone.
+    """
     rows, accelerator, pad_id = run.rows, run.accelerator, run.tokenizer.pad_token_id
     n_transfer = rows.encoded.n_examples - rows.n_labeled
     stream = step_rows(rows.n_labeled, n_transfer, config.labeled_per_step, config.transfer_per_step, seed)
@@ -201,31 +241,32 @@ def train_steps(
     for step in progress:
         drawn = next(stream)
         batch = drawn.labeled + ([rows.n_labeled + i for i in drawn.transfer] if uses_transfer else [])
-        batch = batch[rank::world]  # each process takes its share of the global batch
+        shard = batch[rank::world]  # each process takes its share of the global batch
         weights = phase_weights(spec, kd, hld, step, config.steps)
         run.model.train()
         with accelerator.autocast():
             loss, terms = step_loss(
-                run.model, run.projection, rows, batch, weights, kd, run.letter_ids, pad_id, run.student_layer
-            )
+                run.model, run.projection, rows, shard, weights, kd, run.letter_ids, pad_id, run.student_layer,
+                term_scales(rows.is_labeled, batch, shard, world),
+            )  # fmt: skip
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(run.parameters, config.max_grad_norm)
         run.optimizer.step()
         run.scheduler.step()
         run.optimizer.zero_grad()
-        progress.set_postfix(loss=f"{loss.item():.4f}")
-        evaluate_now = (step + 1) % config.eval_every == 0 or step + 1 == config.steps
-        val_probs = (
-            evaluate(run.model, run.evaluation["val"], pad_id, run.letter_ids, config.batch_size)
-            if evaluate_now
-            else None
-        )
+        names = sorted(terms)
+        merged = accelerator.reduce(torch.stack([terms[n].detach().float() for n in names]), reduction="sum") / world
         if live is None:
             continue
-        live.log_metric("train/loss", loss.item())
-        for name, value in terms.items():
-            live.log_metric(f"train/{name}", value.item())
-        if val_probs is not None:
+        global_terms = dict(zip(names, merged.tolist(), strict=True))
+        global_loss = sum(getattr(weights, name) * value for name, value in global_terms.items())
+        progress.set_postfix(loss=f"{global_loss:.4f}")
+        live.log_metric("train/loss", global_loss)
+        for name, value in global_terms.items():
+            live.log_metric(f"train/{name}", value)
+        if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
+            student = accelerator.unwrap_model(run.model)
+            val_probs = evaluate(student, run.evaluation["val"], pad_id, run.letter_ids, config.batch_size)
             for name, value in summary(val_probs, run.evaluation["val"].answers).items():
                 live.log_metric(f"val/{name}", value)
         live.next_step()
@@ -240,26 +281,30 @@ def run_arm(
     params: dict[str, Any],
     root: Path,
 ) -> dict[str, float]:
-    """Train the arm and write data/students/<arm>/ atomically (main process only); returns its final metrics."""
+    """Train the arm and write data/students/<arm>/ atomically (main process only); returns its final metrics.
+
+    Under a launcher every process returns the main process's metrics, once the arm folder is in place.
+    """
+    from accelerate.utils import broadcast_object_list
     from dvclive import Live
 
     run = prepare_run(spec, hld, config, params, root)
-    pad_id = run.tokenizer.pad_token_id
+    pad_id, seed = run.tokenizer.pad_token_id, int(params["seed"])
+    metrics = None
     if not run.accelerator.is_main_process:
-        train_steps(run, spec, kd, hld, config, int(params["seed"]), live=None)
-        run.accelerator.wait_for_everyone()
-        return final_metrics(run.model, run.evaluation, pad_id, run.letter_ids, config.batch_size)
+        train_steps(run, spec, kd, hld, config, seed, live=None)
+        return broadcast_object_list([metrics])[0]  # waits for the main process to finish writing
     # DVCLive writes into its folder while training: it lives inside the temporary arm folder, renamed at the end.
     with atomic_path(root / f"data/students/{arm}", directory=True) as out:
         live = Live(dir=str(out / "live"), save_dvc_exp=False, dvcyaml=False)
         live.step = 1  # the curves' step = optimiser steps completed
-        train_steps(run, spec, kd, hld, config, int(params["seed"]), live)
+        train_steps(run, spec, kd, hld, config, seed, live)
         live.end()
-        metrics = final_metrics(run.model, run.evaluation, pad_id, run.letter_ids, config.batch_size)
+        student = run.accelerator.unwrap_model(run.model)
+        metrics = final_metrics(student, run.evaluation, pad_id, run.letter_ids, config.batch_size)
         save_student(
             run.accelerator, run.model, run.projection, run.tokenizer, out, describe(arm, spec, kd, hld, config)
         )
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        write_plots(out, run.model, run.evaluation["test"], pad_id, run.letter_ids, config.batch_size)
-        run.accelerator.wait_for_everyone()
-    return metrics
+        write_plots(out, student, run.evaluation["test"], pad_id, run.letter_ids, config.batch_size)
+    return broadcast_object_list([metrics])[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -268,3 +269,60 @@ def test_lora_without_peft_is_a_clear_error(project: Path):
             train("gold", project, params)
     else:
         pytest.skip("peft is installed; the LoRA path trains instead")
+
+
+def test_term_scales_make_the_mean_over_shards_the_global_mean():
+    from stages.train_loop import term_scales
+
+    is_labeled = np.array([True, True, True, False, False, False])
+    batch = [0, 1, 2, 3, 4, 5]  # 3 labeled then 3 transfer rows, split over 2 processes as batch[rank::2]
+    first, second = term_scales(is_labeled, batch, batch[0::2], 2), term_scales(is_labeled, batch, batch[1::2], 2)
+    assert first == pytest.approx({"ce": 4 / 3, "kd": 1.0, "hld": 1.0})  # 2 of the 3 labeled rows
+    assert second == pytest.approx({"ce": 2 / 3, "kd": 1.0, "hld": 1.0})
+    assert term_scales(is_labeled, batch, batch, 1) == {"ce": 1.0, "kd": 1.0, "hld": 1.0}
+    # mean over shards of (scale x shard mean) == global mean, for any per-row values
+    ce = np.array([0.5, 1.5, 4.0])
+    shard_means = [ce[[0, 2]].mean() * first["ce"], ce[[1]].mean() * second["ce"]]
+    assert np.mean(shard_means) == pytest.approx(ce.mean())
+
+
+def test_two_process_torchrun_matches_one_process(project: Path, trained: dict, tmp_path: Path):
+    """`PROBEKD_LAUNCHER=torchrun --nproc_per_node 2` (gloo on CPU): one arm folder, same metrics as one process.
+
+    The global batch (train.batch_size) is the same, each process trains on its share and DDP averages the
+    gradients, so the run equals the single-process one up to float summation order (sharded forward passes
+    padded to each shard's longest prompt, gradient all-reduce): metrics are compared to a 1e-5 tolerance.
+    """
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+    from transformers import AutoModelForCausalLM
+
+    for name in ("prepared", "models", "labels", "hidden"):
+        shutil.copytree(project / "data" / name, tmp_path / "data" / name)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))  # no dvc.yaml here: params come from params.yaml
+    launcher = f"{sys.executable} -m torch.distributed.run --standalone --nproc_per_node 2"
+    env = {**os.environ, "PROBEKD_LAUNCHER": launcher, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "stages", "train", "probe_kd_hld"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("train: 100%") == 1  # one process (the main one) shows progress: 2 ranks really ran
+    assert sorted(p.name for p in (tmp_path / "data/students").iterdir()) == ["probe_kd_hld"]
+    folder = tmp_path / "data/students/probe_kd_hld"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert sorted(metrics) == sorted(trained["probe_kd_hld"])
+    assert metrics == pytest.approx(trained["probe_kd_hld"], rel=1e-5)
+    for curve in ("train/loss", "train/ce", "train/kd", "train/hld", "val/nll"):
+        two = (folder / f"live/plots/metrics/{curve}.tsv").read_text().split()
+        one = (project / f"data/students/probe_kd_hld/live/plots/metrics/{curve}.tsv").read_text().split()
+        assert len(two) == len(one) > 2 and [float(v) for v in two[2:]] == pytest.approx(
+            [float(v) for v in one[2:]], rel=1e-5
+        )
+    model = AutoModelForCausalLM.from_pretrained(folder / "model")
+    assert model.config.hidden_size == 32
+    assert (folder / "model/hld_projection.safetensors").exists()
