@@ -101,3 +101,14 @@ def test_probe_layer_change_reruns_only_label_probe_kd_and_summary(repo):
     assert after != before
     diff = json.loads(dvc("metrics", "diff", "--json", cwd=repo))
     assert any("quality.json" in path for path in diff), diff
+
+
+def test_sweep_table_reads_dvc_exp_show(repo):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("plot_sweep", ROOT / "benchmarks" / "plot_sweep.py")
+    plot_sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot_sweep)
+    table = plot_sweep.sweep_table(json.loads(dvc("exp", "show", "--json", cwd=repo)))
+    assert set(table) == {TINY["data"]["labeled"]}
+    assert set(table[TINY["data"]["labeled"]]) == set(plot_sweep.ARMS)
