@@ -53,6 +53,12 @@ def dvc(*args: str, cwd: Path) -> str:
     return run([sys.executable, "-m", "dvc", *args], cwd)
 
 
+def dvc_json(*args: str, cwd: Path) -> object:
+    done = subprocess.run([sys.executable, "-m", "dvc", *args, "--json"], cwd=cwd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     repo = tmp_path_factory.mktemp("pipeline")
@@ -99,7 +105,7 @@ def test_probe_layer_change_reruns_only_label_probe_kd_and_summary(repo):
     assert ran == {"label", "train@probe_kd", "summarize"}, output
     after = json.loads((repo / "data/labels/quality.json").read_text())
     assert after != before
-    diff = json.loads(dvc("metrics", "diff", "--json", cwd=repo))
+    diff = dvc_json("metrics", "diff", cwd=repo)
     assert any("quality.json" in path for path in diff), diff
 
 
@@ -109,6 +115,6 @@ def test_sweep_table_reads_dvc_exp_show(repo):
     spec = importlib.util.spec_from_file_location("plot_sweep", ROOT / "benchmarks" / "plot_sweep.py")
     plot_sweep = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(plot_sweep)
-    table = plot_sweep.sweep_table(json.loads(dvc("exp", "show", "--json", cwd=repo)))
+    table = plot_sweep.sweep_table(dvc_json("exp", "show", cwd=repo))
     assert set(table) == {TINY["data"]["labeled"]}
     assert set(table[TINY["data"]["labeled"]]) == set(plot_sweep.ARMS)
