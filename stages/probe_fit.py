@@ -24,6 +24,7 @@ KINDS = ("logistic", "mlp")
 MLP_HIDDEN = 64  # small on purpose: labeled sets are tens to hundreds of examples
 MAX_TEMPERATURE = 100.0  # calibration bounds T to [1/100, 100]
 STD_FLOOR = 1e-6  # constant features (e.g. the embedding of the shared last prompt token) standardise to 0
+EIGEN_FLOOR = 1e-6  # Gram eigenvalues below this fraction of the largest are float32 noise: direction dropped
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,133 @@ def fit_probes(
     features: (n_layers, n_examples, d_model) float32; answers: (n_examples,) int64; valid: (n_examples, n_slots)
     bool; train: (n_fits, n_examples) bool. Returns params with leading dims (n_fits, n_layers).
     """
+    if settings.kind == "logistic":
+        return fit_logistic(features, answers, valid, train, settings)
+    return fit_mlp(features, answers, valid, train, settings)
+
+
+def standardised_rows(features: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, rows: torch.Tensor):
+    """(n_layers, n_rows, d_model) training rows of one fit, standardised with that fit's statistics."""
+    return (features[:, rows] - mean[:, None, :]) / std[:, None, :]
+
+
+def row_space(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Exact reduction of a batch of standardised training matrices x (n_layers, n_rows, d_model).
+
+    The penalty is isotropic in W and the data term sees W only through x W, so the optimum lies in the row
+    space of x: with x = U S V^T (rank r <= min(n_rows, d_model)), W = V Z and the problem in Z has features
+    U S and the same penalty ||Z||^2. Returns the reduced features U S (n_layers, n_rows, r), the squared
+    singular values (n_layers, r) (0 for dropped directions) and the map back `lift`: W = lift @ Z, given
+    either as V (n_layers, d_model, r) or, when n_rows < d_model, as U / S (n_layers, n_rows, r) to apply
+    through x^T (V itself would cost another n_rows x d_model x r product per layer).
+    Eigendecomposition of the smaller Gram matrix; directions below float32 resolution are dropped (their
+    singular values are too small to move the fit: the penalty pins those coefficients at ~0).
+    """
+    n_rows, d_model = x.shape[1:]
+    by_rows = n_rows < d_model
+    gram = x @ x.transpose(1, 2) if by_rows else x.transpose(1, 2) @ x  # (n_layers, r, r)
+    eigenvalues, vectors = torch.linalg.eigh(gram.double())  # float64 from here: see `fit_logistic`
+    kept = eigenvalues > EIGEN_FLOOR * eigenvalues[:, -1:].clamp_min(1e-30)
+    squared = torch.where(kept, eigenvalues, torch.zeros_like(eigenvalues))
+    singular = squared.sqrt()
+    if by_rows:
+        reduced = vectors * singular[:, None, :]  # U S
+        lift = vectors / singular.masked_fill(~kept, 1.0)[:, None, :] * kept[:, None, :]
+    else:
+        lift = vectors * kept[:, None, :]  # V
+        reduced = x.double() @ lift
+    return reduced, squared, lift
+
+
+def fit_logistic(
+    features: torch.Tensor, answers: torch.Tensor, valid: torch.Tensor, train: torch.Tensor, settings: FitSettings
+) -> dict[str, torch.Tensor]:
+    """Multinomial L2 logistic regression in each fit's row space, preconditioned per direction.
+
+    In the reduced basis the data term's Hessian at the start (uniform probabilities) is exactly
+    diag(S^2 / n_train) (x) A, with A the (n_slots, n_slots) mean softmax curvature, so the change of variables
+    Z = Yhat * (S^2 / n * a + l2)^(-1/2) in A's eigenbasis makes it the identity: L-BFGS then needs a few
+    dozen steps instead of hundreds. Same optimum as the full-dimensional problem.
+    """
+    n_layers, n_examples, d_model = features.shape
+    n_fits, n_slots = train.shape[0], valid.shape[1]
+    mean, std = training_stats(features, train)  # (n_fits, n_layers, d_model)
+    counts = train.sum(dim=1)  # (n_fits,)
+    rank = int(min(counts.max(), d_model))
+    # float64 for the reduced problem: it is small, and near a separable optimum the float32 loss is too coarse
+    # for the line search to tell steps apart (the fit stalled a few % away from the optimum's weights).
+    reduced = torch.zeros(n_fits, n_layers, n_examples, rank, dtype=torch.float64)  # held-out rows stay 0
+    squared = torch.zeros(n_fits, n_layers, rank, dtype=torch.float64)
+    lifts = []
+    for fit in range(n_fits):
+        rows = train[fit].nonzero()[:, 0]
+        x, s2, lift = row_space(standardised_rows(features, mean[fit], std[fit], rows))
+        reduced[fit, :, rows, : x.shape[2]] = x
+        squared[fit, :, : x.shape[2]] = s2
+        lifts.append(lift)
+    n_problems = n_fits * n_layers
+    reduced, squared = reduced.reshape(n_problems, n_examples, rank), squared.reshape(n_problems, rank)
+    weights = (train.double() / counts[:, None]).repeat_interleave(n_layers, 0)  # (n_problems, n_examples)
+    n_train = counts.double().repeat_interleave(n_layers)  # (n_problems,)
+
+    # Mean softmax curvature at the start (uniform over each example's valid slots) and its eigenbasis.
+    uniform = valid.double() / valid.sum(1, keepdim=True)  # (n_examples, n_slots)
+    curvature = torch.diag_embed(uniform) - uniform[:, :, None] * uniform[:, None, :]  # (n_examples, k, k)
+    curvature = torch.einsum("pn,nij->pij", weights, curvature)  # (n_problems, k, k)
+    slot_curvature, rotation = torch.linalg.eigh(curvature)  # (n_problems, k), (n_problems, k, k)
+    flat_direction = slot_curvature <= 1e-6 * slot_curvature[:, -1:]  # shifts the softmax ignores
+    scale_w = (squared[:, :, None] / n_train[:, None, None] * slot_curvature[:, None, :] + settings.l2).rsqrt()
+    scale_w = scale_w * (squared > 0)[:, :, None]  # (n_problems, rank, k); dropped directions stay 0
+    scale_b = slot_curvature.clamp_min(1e-30).rsqrt().masked_fill(flat_direction, 0.0)  # (n_problems, k)
+    gold = torch.nn.functional.one_hot(answers, n_slots).double()  # (n_examples, k)
+    invalid = ~valid
+    size_w = rank * n_slots
+
+    def unpack(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = (flat[:, :size_w].reshape(-1, rank, n_slots) * scale_w) @ rotation.transpose(1, 2)
+        b = ((flat[:, size_w:] * scale_b)[:, None, :] @ rotation.transpose(1, 2))[:, 0]
+        return z, b
+
+    def objective(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z, b = unpack(flat)  # (n_problems, rank, k), (n_problems, k)
+        logits = (reduced @ z + b[:, None, :]).masked_fill(invalid, float("-inf"))  # (n_problems, n, k)
+        log_probs = torch.log_softmax(logits, dim=-1)
+        cross_entropy = -(log_probs.masked_fill(invalid, 0.0) * gold).sum(-1)  # (n_problems, n)
+        loss = (cross_entropy * weights).sum(1) + settings.l2 / 2 * (z**2).sum((1, 2))
+        residual = (log_probs.exp() - gold) * weights[:, :, None]  # dCE/dlogits, (n_problems, n, k)
+        grad_z = reduced.transpose(1, 2) @ residual + settings.l2 * z
+        grad_b = residual.sum(1)
+        gradient = torch.cat(
+            [((grad_z @ rotation) * scale_w).flatten(1), ((grad_b[:, None, :] @ rotation)[:, 0] * scale_b)], dim=1
+        )
+        return loss, gradient
+
+    def stationarity(gradient: torch.Tensor) -> torch.Tensor:
+        """Norm of the gradient in the original (W, b) coordinates: bounds sklearn's largest-entry `tol`."""
+        scale = torch.cat([scale_w.flatten(1), scale_b], dim=1)
+        return (gradient / scale.masked_fill(scale == 0, 1.0)).norm(dim=1)
+
+    start = torch.zeros(n_problems, size_w + n_slots, dtype=torch.float64)
+    solution = batched_lbfgs(
+        objective, start, settings.max_iter, settings.tolerance, stationarity=stationarity, unit_first_step=True
+    )
+    z, b = unpack(solution)
+    z = z.reshape(n_fits, n_layers, rank, n_slots)
+    w = features.new_empty(n_fits, n_layers, d_model, n_slots)
+    for fit, lift in enumerate(lifts):
+        coefficients = (lift @ z[fit, :, : lift.shape[2]]).to(features.dtype)
+        if lift.shape[1] == d_model:  # V Z
+            w[fit] = coefficients
+        else:  # x^T (U / S) Z, x rebuilt rather than kept for every fit
+            rows = train[fit].nonzero()[:, 0]
+            w[fit] = standardised_rows(features, mean[fit], std[fit], rows).transpose(1, 2) @ coefficients
+    return {"w": w, "b": b.reshape(n_fits, n_layers, n_slots).to(features.dtype), "mean": mean, "std": std}
+
+
+def fit_mlp(
+    features: torch.Tensor, answers: torch.Tensor, valid: torch.Tensor, train: torch.Tensor, settings: FitSettings
+) -> dict[str, torch.Tensor]:
+    """One-hidden-layer probes, all (fit, layer) problems at once with autograd and batched L-BFGS."""
     n_layers, _, d_model = features.shape
     n_fits = train.shape[0]
     mean, std = training_stats(features, train)
@@ -131,16 +259,30 @@ def fit_probes(
     return {**unflatten(solution), "mean": mean, "std": std}
 
 
-def batched_lbfgs(objective, x: torch.Tensor, max_iter: int, tolerance: float, history: int = 10) -> torch.Tensor:
+def largest_entry(gradient: torch.Tensor) -> torch.Tensor:
+    return gradient.abs().amax(1)
+
+
+def batched_lbfgs(
+    objective,
+    x: torch.Tensor,
+    max_iter: int,
+    tolerance: float,
+    history: int = 10,
+    stationarity=largest_entry,
+    unit_first_step: bool = False,
+) -> torch.Tensor:
     """L-BFGS run independently for each row of x (n_problems, n_params), all rows in the same tensor ops.
 
     Each problem keeps its own curvature pairs and its own backtracking (Armijo) step, so an easy layer does
     not wait on a hard one's step size; converged problems stop moving. `objective(x)` returns per-row
-    losses and gradients. Deterministic: no randomness, fixed operation order.
+    losses and gradients; a row stops once `stationarity(gradient)` <= tolerance. `unit_first_step`: the
+    variables are preconditioned (Hessian ~ identity), so the first step is the full negative gradient.
+    Deterministic: no randomness, fixed operation order.
     """
     loss, gradient = objective(x)
     pairs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (s, y, rho), each per problem
-    active = gradient.abs().amax(1) > tolerance
+    active = stationarity(gradient) > tolerance
     for _ in range(max_iter):
         if not active.any():
             break
@@ -152,6 +294,8 @@ def batched_lbfgs(objective, x: torch.Tensor, max_iter: int, tolerance: float, h
         if pairs:
             s, y, _ = pairs[-1]
             scale = ((s * y).sum(1) / (y * y).sum(1).clamp_min(1e-30)).clamp_min(0)
+        elif unit_first_step:
+            scale = torch.ones_like(loss)
         else:  # first step: unit length, the line search shortens it when needed
             scale = 1.0 / gradient.norm(dim=1).clamp_min(1.0)
         direction = scale[:, None] * q
@@ -180,7 +324,7 @@ def batched_lbfgs(objective, x: torch.Tensor, max_iter: int, tolerance: float, h
         # float32 stalls before tiny gradients are reached: also stop a row once its loss stops moving.
         moving = (loss - new_loss) > 1e-9 * new_loss.abs().clamp_min(1.0)
         x, loss, gradient = new_x, new_loss, new_gradient
-        active = active & accepted & moving & (gradient.abs().amax(1) > tolerance)
+        active = active & accepted & moving & (stationarity(gradient) > tolerance)
     return x
 
 
