@@ -311,7 +311,8 @@ def test_two_process_torchrun_matches_one_process(project: Path, trained: dict, 
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stderr.count("train: 100%") == 1  # one process (the main one) shows progress: 2 ranks really ran
+    assert "torch.distributed.run --standalone --nproc_per_node 2 -m stages train probe_kd_hld" in result.stderr
+    assert result.stderr.count("stages.train INFO probe_kd_hld: {") == 2  # both ranks ran and return the metrics
     assert sorted(p.name for p in (tmp_path / "data/students").iterdir()) == ["probe_kd_hld"]
     folder = tmp_path / "data/students/probe_kd_hld"
     metrics = json.loads((folder / "metrics.json").read_text())
