@@ -24,6 +24,9 @@ KINDS = ("logistic", "mlp")
 MLP_HIDDEN = 64  # small on purpose: labeled sets are tens to hundreds of examples
 MAX_TEMPERATURE = 100.0  # calibration bounds T to [1/100, 100]
 STD_FLOOR = 1e-6  # constant features (e.g. the embedding of the shared last prompt token) standardise to 0
+# L-BFGS iterations between refreshes of the diagonal preconditioner (softmax curvature shrinks as the fit
+# becomes confident, so the start's exact preconditioner goes stale); the last round runs to max_iter.
+PRECONDITIONER_ROUNDS = (10, 20, 1_000_000)
 EIGEN_FLOOR = 1e-6  # Gram eigenvalues below this fraction of the largest are float32 noise: direction dropped
 
 
@@ -146,8 +149,11 @@ def fit_logistic(
 
     In the reduced basis the data term's Hessian at the start (uniform probabilities) is exactly
     diag(S^2 / n_train) (x) A, with A the (n_slots, n_slots) mean softmax curvature, so the change of variables
-    Z = Yhat * (S^2 / n * a + l2)^(-1/2) in A's eigenbasis makes it the identity: L-BFGS then needs a few
-    dozen steps instead of hundreds. Same optimum as the full-dimensional problem.
+    Z = Yhat * (S^2 / n * a + l2)^(-1/2) in A's eigenbasis makes it the identity. As the fit grows confident
+    the curvature shrinks unevenly, so the diagonal is re-estimated at the current point after
+    PRECONDITIONER_ROUNDS iterations (L-BFGS restarts in the new variables): a few dozen steps instead of
+    hundreds. Same optimum as the full-dimensional problem. Stops when the gradient's 2-norm in (W, b)
+    coordinates is below `tolerance` (stricter than sklearn's largest-entry test with the same tol).
     """
     n_layers, n_examples, d_model = features.shape
     n_fits, n_slots = train.shape[0], valid.shape[1]
@@ -157,61 +163,61 @@ def fit_logistic(
     # float64 for the reduced problem: it is small, and near a separable optimum the float32 loss is too coarse
     # for the line search to tell steps apart (the fit stalled a few % away from the optimum's weights).
     reduced = torch.zeros(n_fits, n_layers, n_examples, rank, dtype=torch.float64)  # held-out rows stay 0
-    squared = torch.zeros(n_fits, n_layers, rank, dtype=torch.float64)
     lifts = []
     for fit in range(n_fits):
         rows = train[fit].nonzero()[:, 0]
-        x, s2, lift = row_space(standardised_rows(features, mean[fit], std[fit], rows))
+        x, _, lift = row_space(standardised_rows(features, mean[fit], std[fit], rows))
         reduced[fit, :, rows, : x.shape[2]] = x
-        squared[fit, :, : x.shape[2]] = s2
         lifts.append(lift)
     n_problems = n_fits * n_layers
-    reduced, squared = reduced.reshape(n_problems, n_examples, rank), squared.reshape(n_problems, rank)
+    reduced = reduced.reshape(n_problems, n_examples, rank)
     weights = (train.double() / counts[:, None]).repeat_interleave(n_layers, 0)  # (n_problems, n_examples)
-    n_train = counts.double().repeat_interleave(n_layers)  # (n_problems,)
 
-    # Mean softmax curvature at the start (uniform over each example's valid slots) and its eigenbasis.
-    uniform = valid.double() / valid.sum(1, keepdim=True)  # (n_examples, n_slots)
-    curvature = torch.diag_embed(uniform) - uniform[:, :, None] * uniform[:, None, :]  # (n_examples, k, k)
-    curvature = torch.einsum("pn,nij->pij", weights, curvature)  # (n_problems, k, k)
-    slot_curvature, rotation = torch.linalg.eigh(curvature)  # (n_problems, k), (n_problems, k, k)
-    flat_direction = slot_curvature <= 1e-6 * slot_curvature[:, -1:]  # shifts the softmax ignores
-    scale_w = (squared[:, :, None] / n_train[:, None, None] * slot_curvature[:, None, :] + settings.l2).rsqrt()
-    scale_w = scale_w * (squared > 0)[:, :, None]  # (n_problems, rank, k); dropped directions stay 0
-    scale_b = slot_curvature.clamp_min(1e-30).rsqrt().masked_fill(flat_direction, 0.0)  # (n_problems, k)
     gold = torch.nn.functional.one_hot(answers, n_slots).double()  # (n_examples, k)
     invalid = ~valid
     size_w = rank * n_slots
+    z = torch.zeros(n_problems, rank, n_slots, dtype=torch.float64)
+    b = torch.zeros(n_problems, n_slots, dtype=torch.float64)
+    probs = (valid.double() / valid.sum(1, keepdim=True)).expand(n_problems, -1, -1)  # uniform at the start
+    done = 0
+    for budget in PRECONDITIONER_ROUNDS:
+        budget = min(budget, settings.max_iter - done)
+        rotation, scale_w, scale_b = preconditioner(probs, reduced, weights, settings.l2)
+        scale = torch.cat([scale_w.flatten(1), scale_b], dim=1)  # (n_problems, n_params)
 
-    def unpack(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = (flat[:, :size_w].reshape(-1, rank, n_slots) * scale_w) @ rotation.transpose(1, 2)
-        b = ((flat[:, size_w:] * scale_b)[:, None, :] @ rotation.transpose(1, 2))[:, 0]
-        return z, b
+        def unpack(flat, rotation=rotation, scale_w=scale_w, scale_b=scale_b):
+            z = (flat[:, :size_w].reshape(-1, rank, n_slots) * scale_w) @ rotation.transpose(1, 2)
+            b = ((flat[:, size_w:] * scale_b)[:, None, :] @ rotation.transpose(1, 2))[:, 0]
+            return z, b
 
-    def objective(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z, b = unpack(flat)  # (n_problems, rank, k), (n_problems, k)
-        logits = (reduced @ z + b[:, None, :]).masked_fill(invalid, float("-inf"))  # (n_problems, n, k)
-        log_probs = torch.log_softmax(logits, dim=-1)
-        cross_entropy = -(log_probs.masked_fill(invalid, 0.0) * gold).sum(-1)  # (n_problems, n)
-        loss = (cross_entropy * weights).sum(1) + settings.l2 / 2 * (z**2).sum((1, 2))
-        residual = (log_probs.exp() - gold) * weights[:, :, None]  # dCE/dlogits, (n_problems, n, k)
-        grad_z = reduced.transpose(1, 2) @ residual + settings.l2 * z
-        grad_b = residual.sum(1)
-        gradient = torch.cat(
-            [((grad_z @ rotation) * scale_w).flatten(1), ((grad_b[:, None, :] @ rotation)[:, 0] * scale_b)], dim=1
+        def objective(flat, unpack=unpack, rotation=rotation, scale_w=scale_w, scale_b=scale_b):
+            z, b = unpack(flat)  # (n_problems, rank, k), (n_problems, k)
+            logits = (reduced @ z + b[:, None, :]).masked_fill(invalid, float("-inf"))  # (n_problems, n, k)
+            log_probs = torch.log_softmax(logits, dim=-1)
+            cross_entropy = -(log_probs.masked_fill(invalid, 0.0) * gold).sum(-1)  # (n_problems, n)
+            loss = (cross_entropy * weights).sum(1) + settings.l2 / 2 * (z**2).sum((1, 2))
+            residual = (log_probs.exp() - gold) * weights[:, :, None]  # dCE/dlogits, (n_problems, n, k)
+            grad_z = reduced.transpose(1, 2) @ residual + settings.l2 * z
+            grad_b = residual.sum(1)
+            rotated = torch.cat([(grad_z @ rotation).flatten(1), (grad_b[:, None, :] @ rotation)[:, 0]], dim=1)
+            return loss, rotated * torch.cat([scale_w.flatten(1), scale_b], dim=1)
+
+        def stationarity(gradient, scale=scale):
+            """Norm of the gradient in the original (W, b) coordinates: bounds sklearn's largest-entry `tol`."""
+            return (gradient / scale.masked_fill(scale == 0, 1.0)).norm(dim=1)
+
+        # Current point in the new coordinates (0 along directions the preconditioner freezes).
+        rotated = torch.cat([(z @ rotation).flatten(1), (b[:, None, :] @ rotation)[:, 0]], dim=1)
+        start = rotated / scale.masked_fill(scale == 0, 1.0) * (scale > 0)
+        solution = batched_lbfgs(
+            objective, start, budget, settings.tolerance, stationarity=stationarity, unit_first_step=True
         )
-        return loss, gradient
-
-    def stationarity(gradient: torch.Tensor) -> torch.Tensor:
-        """Norm of the gradient in the original (W, b) coordinates: bounds sklearn's largest-entry `tol`."""
-        scale = torch.cat([scale_w.flatten(1), scale_b], dim=1)
-        return (gradient / scale.masked_fill(scale == 0, 1.0)).norm(dim=1)
-
-    start = torch.zeros(n_problems, size_w + n_slots, dtype=torch.float64)
-    solution = batched_lbfgs(
-        objective, start, settings.max_iter, settings.tolerance, stationarity=stationarity, unit_first_step=True
-    )
-    z, b = unpack(solution)
+        z, b = unpack(solution)
+        done += budget
+        logits = (reduced @ z + b[:, None, :]).masked_fill(invalid, float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
+        if done >= settings.max_iter:
+            break
     z = z.reshape(n_fits, n_layers, rank, n_slots)
     w = features.new_empty(n_fits, n_layers, d_model, n_slots)
     for fit, lift in enumerate(lifts):
@@ -222,6 +228,25 @@ def fit_logistic(
             rows = train[fit].nonzero()[:, 0]
             w[fit] = standardised_rows(features, mean[fit], std[fit], rows).transpose(1, 2) @ coefficients
     return {"w": w, "b": b.reshape(n_fits, n_layers, n_slots).to(features.dtype), "mean": mean, "std": std}
+
+
+def preconditioner(probs: torch.Tensor, reduced: torch.Tensor, weights: torch.Tensor, l2: float):
+    """Diagonal Hessian estimate of the reduced problem at the current probabilities, in the mean curvature's basis.
+
+    probs: (n_problems, n_examples, k); reduced: (n_problems, n_examples, rank). Returns the slot rotation
+    (n_problems, k, k) and the scales (n_problems, rank, k), (n_problems, k): Z = (Yhat * scale) rotation^T.
+    At uniform probabilities this is the exact Hessian (U is orthonormal on the training rows).
+    """
+    curvature = torch.diag_embed(probs) - probs[..., :, None] * probs[..., None, :]  # (n_problems, n, k, k)
+    mean_curvature = torch.einsum("pn,pnij->pij", weights, curvature)
+    slot_curvature, rotation = torch.linalg.eigh(mean_curvature)  # (n_problems, k), (n_problems, k, k)
+    # Each example's curvature along each rotated slot direction, weighted by its squared reduced features.
+    along = torch.einsum("pnij,pim,pjm->pnm", curvature, rotation, rotation)  # (n_problems, n, k)
+    diagonal = torch.einsum("pn,pnr,pnm->prm", weights, reduced**2, along)  # (n_problems, rank, k)
+    scale_w = (diagonal + l2).rsqrt() * (reduced.abs().amax(1) > 0)[:, :, None]  # dropped directions stay 0
+    flat_direction = slot_curvature <= 1e-6 * slot_curvature[:, -1:].clamp_min(1e-30)  # shifts softmax ignores
+    scale_b = slot_curvature.clamp_min(1e-30).rsqrt().masked_fill(flat_direction, 0.0)
+    return rotation, scale_w, scale_b
 
 
 def fit_mlp(

@@ -112,3 +112,29 @@ def test_fit_is_deterministic():
         first = fit_probes(features, answers, valid, train, FitSettings(kind=kind, l2=1e-2, seed=1))
         second = fit_probes(features, answers, valid, train, FitSettings(kind=kind, l2=1e-2, seed=1))
         assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+def test_row_space_fit_matches_sklearn_when_fewer_examples_than_dimensions():
+    """n_train < d_model: the fit runs in each fold's row space; weights and probabilities are sklearn's optimum."""
+    rng = np.random.default_rng(3)
+    n_examples, d_model, n_slots, l2 = 40, 120, 3, 1e-2
+    answers = rng.integers(0, n_slots, size=n_examples)
+    features = rng.normal(size=(2, n_examples, d_model)) * np.exp(rng.normal(size=d_model)) + 50
+    features[:, :, :n_slots] += np.eye(n_slots)[answers] * 3
+    features = torch.tensor(features, dtype=torch.float32)
+    valid = torch.ones(n_examples, n_slots, dtype=torch.bool)
+    train = fold_masks(torch.arange(n_examples) % 4, 4)  # folds of 30 rows and a refit of 40, all < d_model
+    params = fit_probes(features, torch.tensor(answers), valid, train, FitSettings(l2=l2, tolerance=1e-8))
+    for fit in (0, 4):
+        rows = train[fit].numpy()
+        for layer in range(2):
+            x = features[layer].numpy().astype(np.float64)
+            mean, std = x[rows].mean(0), x[rows].std(0)
+            reference = LogisticRegression(C=1 / (rows.sum() * l2), l1_ratio=0, tol=1e-10, max_iter=10_000)
+            reference.fit((x[rows] - mean) / std, answers[rows])
+            np.testing.assert_allclose(params["w"][fit, layer].numpy(), reference.coef_.T, atol=2e-4)
+            centred = reference.intercept_ - reference.intercept_.mean()  # softmax ignores a common shift
+            bias = params["b"][fit, layer].numpy()
+            np.testing.assert_allclose(bias - bias.mean(), centred, atol=2e-4)
+            probs = torch.softmax(predict({k: v[fit] for k, v in params.items()}, features, valid)[layer], -1)
+            np.testing.assert_allclose(probs.numpy(), reference.predict_proba((x - mean) / std), atol=1e-4)
