@@ -54,8 +54,9 @@ def test_stage_code_deps_are_exactly_its_imports(name):
     command = stage_command(stage)
     expected = closure("stages.__main__") | closure(STAGES[command][0])
     expected_paths = {f"stages/{module.removeprefix('stages.')}.py" for module in expected}
-    assert code_deps(stage) == expected_paths, (
-        f"{name}: missing {sorted(expected_paths - code_deps(stage))}, extra {sorted(code_deps(stage) - expected_paths)}"
+    listed = code_deps(stage)
+    assert listed == expected_paths, (
+        f"{name}: missing {sorted(expected_paths - listed)}, extra {sorted(listed - expected_paths)}"
     )
 
 

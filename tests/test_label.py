@@ -3,7 +3,6 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import torch
 import typer
 from typer.testing import CliRunner
 
@@ -15,14 +14,7 @@ from stages.probe import main as probe_main
 from stages.schema import read_split
 from tests.test_probe import INFORMATIVE, N_LAYERS, make_world, write_params
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny problems: torch's thread pool only adds contention on the shared 2-core test machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def command(function) -> typer.Typer:

@@ -19,13 +19,7 @@ INFORMATIVE = 2  # teacher layer whose hidden state carries the answer linearly
 N_LAYERS, D_MODEL = 4, 12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny problems: torch's thread pool only adds contention on the shared 2-core test machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_store(path: Path, ids: list[str], hidden: np.ndarray, option_logits: np.ndarray | None) -> None:

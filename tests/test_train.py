@@ -16,7 +16,7 @@ from stages.labels_io import label_table, write_labels
 from stages.schema import read_split, write_split
 from stages.student_data import StepRows, letter_token_ids, step_rows
 from stages.train import TrainConfig, arm_configs
-from tests.tiny_models import make_tokenizer
+from tests.tiny_models import make_tiny_causal_lm, make_tokenizer
 
 TEACHER_VOCAB, STUDENT_VOCAB = 300, 280  # the student reads prompts in its own, different tokenizer
 D_TEACHER, N_TEACHER_LAYERS = 48, 5
@@ -41,25 +41,8 @@ PARAMS = {
 
 
 def make_student(folder: Path) -> Path:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tokenizer = make_tokenizer(vocab_size=STUDENT_VOCAB)
-    torch.manual_seed(1)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=512,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    """A student whose tokenizer differs from the teacher's (another vocabulary size)."""
+    return make_tiny_causal_lm(folder, d_model=32, n_layers=2, seed=1, vocab_size=STUDENT_VOCAB)
 
 
 def write_store(path: Path, ids: list[str], rng: np.random.Generator) -> None:

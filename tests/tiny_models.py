@@ -32,11 +32,13 @@ def make_tokenizer(vocab_size: int = 300, **special: str) -> PreTrainedTokenizer
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **special)
 
 
-def make_tiny_causal_lm(folder: Path, *, d_model: int = 32, n_layers: int = 3, seed: int = 0) -> Path:
+def make_tiny_causal_lm(
+    folder: Path, *, d_model: int = 32, n_layers: int = 3, seed: int = 0, vocab_size: int = 300
+) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = make_tokenizer()
+    tokenizer = make_tokenizer(vocab_size=vocab_size)
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
