@@ -224,9 +224,10 @@ def fit_logistic(
         coefficients = (lift @ z[fit, :, : lift.shape[2]]).to(features.dtype)
         if lift.shape[1] == d_model:  # V Z
             w[fit] = coefficients
-        else:  # x^T (U / S) Z, x rebuilt rather than kept for every fit
+        else:  # x^T (U / S) Z with x = (features[rows] - mean) / std, without rebuilding x
             rows = train[fit].nonzero()[:, 0]
-            w[fit] = standardised_rows(features, mean[fit], std[fit], rows).transpose(1, 2) @ coefficients
+            raw = features[:, rows].transpose(1, 2) @ coefficients  # (n_layers, d_model, k)
+            w[fit] = (raw - mean[fit][..., None] * coefficients.sum(1, keepdim=True)) / std[fit][..., None]
     return {"w": w, "b": b.reshape(n_fits, n_layers, n_slots).to(features.dtype), "mean": mean, "std": std}
 
 
