@@ -171,6 +171,9 @@ def fit_logistic(
         lifts.append(lift)
     n_problems = n_fits * n_layers
     reduced = reduced.reshape(n_problems, n_examples, rank)
+    # The products with the features read (n_problems, n, rank) every evaluation and are memory-bound: float32
+    # there, float64 for the small (n, k) logits and everything after.
+    narrow = reduced.float()
     weights = (train.double() / counts[:, None]).repeat_interleave(n_layers, 0)  # (n_problems, n_examples)
 
     gold = torch.nn.functional.one_hot(answers, n_slots).double()  # (n_examples, k)
@@ -192,12 +195,12 @@ def fit_logistic(
 
         def objective(flat, unpack=unpack, rotation=rotation, scale_w=scale_w, scale_b=scale_b):
             z, b = unpack(flat)  # (n_problems, rank, k), (n_problems, k)
-            logits = (reduced @ z + b[:, None, :]).masked_fill(invalid, float("-inf"))  # (n_problems, n, k)
+            logits = ((narrow @ z.float()).double() + b[:, None, :]).masked_fill(invalid, float("-inf"))
             log_probs = torch.log_softmax(logits, dim=-1)
             cross_entropy = -(log_probs.masked_fill(invalid, 0.0) * gold).sum(-1)  # (n_problems, n)
             loss = (cross_entropy * weights).sum(1) + settings.l2 / 2 * (z**2).sum((1, 2))
             residual = (log_probs.exp() - gold) * weights[:, :, None]  # dCE/dlogits, (n_problems, n, k)
-            grad_z = reduced.transpose(1, 2) @ residual + settings.l2 * z
+            grad_z = (narrow.transpose(1, 2) @ residual.float()).double() + settings.l2 * z
             grad_b = residual.sum(1)
             rotated = torch.cat([(grad_z @ rotation).flatten(1), (grad_b[:, None, :] @ rotation)[:, 0]], dim=1)
             return loss, rotated * torch.cat([scale_w.flatten(1), scale_b], dim=1)
