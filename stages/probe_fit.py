@@ -174,6 +174,7 @@ def fit_logistic(
     # The products with the features read (n_problems, n, rank) every evaluation and are memory-bound: float32
     # there, float64 for the small (n, k) logits and everything after.
     narrow = reduced.float()
+    squares = narrow**2  # (n_problems, n, rank): the preconditioner only needs a rough diagonal
     weights = (train.double() / counts[:, None]).repeat_interleave(n_layers, 0)  # (n_problems, n_examples)
 
     gold = torch.nn.functional.one_hot(answers, n_slots).double()  # (n_examples, k)
@@ -185,7 +186,7 @@ def fit_logistic(
     done = 0
     for budget in PRECONDITIONER_ROUNDS:
         budget = min(budget, settings.max_iter - done)
-        rotation, scale_w, scale_b = preconditioner(probs, reduced, weights, settings.l2)
+        rotation, scale_w, scale_b = preconditioner(probs, squares, weights, settings.l2)
         scale = torch.cat([scale_w.flatten(1), scale_b], dim=1)  # (n_problems, n_params)
 
         def unpack(flat, rotation=rotation, scale_w=scale_w, scale_b=scale_b):
@@ -234,11 +235,12 @@ def fit_logistic(
     return {"w": w, "b": b.reshape(n_fits, n_layers, n_slots).to(features.dtype), "mean": mean, "std": std}
 
 
-def preconditioner(probs: torch.Tensor, reduced: torch.Tensor, weights: torch.Tensor, l2: float):
+def preconditioner(probs: torch.Tensor, squares: torch.Tensor, weights: torch.Tensor, l2: float):
     """Diagonal Hessian estimate of the reduced problem at the current probabilities, in the mean curvature's basis.
 
-    probs: (n_problems, n_examples, k); reduced: (n_problems, n_examples, rank). Returns the slot rotation
-    (n_problems, k, k) and the scales (n_problems, rank, k), (n_problems, k): Z = (Yhat * scale) rotation^T.
+    probs: (n_problems, n_examples, k); squares: (n_problems, n_examples, rank), the squared reduced features.
+    Returns the slot rotation (n_problems, k, k) and the scales (n_problems, rank, k), (n_problems, k):
+    Z = (Yhat * scale) rotation^T.
     At uniform probabilities this is the exact Hessian (U is orthonormal on the training rows).
     """
     curvature = torch.diag_embed(probs) - probs[..., :, None] * probs[..., None, :]  # (n_problems, n, k, k)
@@ -246,8 +248,8 @@ def preconditioner(probs: torch.Tensor, reduced: torch.Tensor, weights: torch.Te
     slot_curvature, rotation = torch.linalg.eigh(mean_curvature)  # (n_problems, k), (n_problems, k, k)
     # Each example's curvature along each rotated slot direction, weighted by its squared reduced features.
     along = torch.einsum("pnij,pim,pjm->pnm", curvature, rotation, rotation)  # (n_problems, n, k)
-    diagonal = torch.einsum("pn,pnr,pnm->prm", weights, reduced**2, along)  # (n_problems, rank, k)
-    scale_w = (diagonal + l2).rsqrt() * (reduced.abs().amax(1) > 0)[:, :, None]  # dropped directions stay 0
+    diagonal = torch.bmm(squares.transpose(1, 2), (along * weights[..., None]).float()).double()  # (p, rank, k)
+    scale_w = (diagonal + l2).rsqrt() * (squares.amax(1) > 0)[:, :, None]  # dropped directions stay 0
     flat_direction = slot_curvature <= 1e-6 * slot_curvature[:, -1:].clamp_min(1e-30)  # shifts softmax ignores
     scale_b = slot_curvature.clamp_min(1e-30).rsqrt().masked_fill(flat_direction, 0.0)
     return rotation, scale_w, scale_b
