@@ -3,7 +3,8 @@
 Pure torch, no I/O. A probe maps a standardised hidden state to one logit per option slot; slots beyond an
 example's choices get -inf. All (fold, layer) problems are independent, so their objectives are summed and
 minimised by a batched full-batch L-BFGS: every problem has its own curvature history and step size, all
-problems share each tensor op; deterministic (zero or seeded init).
+problems share each tensor op; deterministic (zero or seeded init). Logistic probes are solved exactly in each
+fit's row space (features U S from the Gram matrix's eigendecomposition), preconditioned per direction.
 
 Objective of one (fold, layer) problem, on that fold's training rows:
     mean cross-entropy + l2 / 2 * ||W||^2   (biases unpenalised)
@@ -174,6 +175,7 @@ def fit_logistic(
     # The products with the features read (n_problems, n, rank) every evaluation and are memory-bound: float32
     # there, float64 for the small (n, k) logits and everything after.
     narrow = reduced.float()
+    del reduced
     squares = narrow**2  # (n_problems, n, rank): the preconditioner only needs a rough diagonal
     weights = (train.double() / counts[:, None]).repeat_interleave(n_layers, 0)  # (n_problems, n_examples)
 
@@ -218,7 +220,7 @@ def fit_logistic(
         )
         z, b = unpack(solution)
         done += budget
-        logits = (reduced @ z + b[:, None, :]).masked_fill(invalid, float("-inf"))
+        logits = ((narrow @ z.float()).double() + b[:, None, :]).masked_fill(invalid, float("-inf"))
         probs = torch.softmax(logits, dim=-1)
         if done >= settings.max_iter:
             break
