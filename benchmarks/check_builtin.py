@@ -67,6 +67,7 @@ def gold_finetune(model, tokenizer, examples: list[dict], steps: int, lr: float)
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--set", nargs="*", default=[], help="overrides like teacher.steps=800")
+    parser.add_argument("--seed", type=int, default=None, help="override params.yaml seed")
     parser.add_argument("--n-probe", type=int, default=256)
     parser.add_argument("--n-eval", type=int, default=512)
     parser.add_argument("--skip-student", action="store_true")
@@ -78,11 +79,12 @@ def main() -> None:
         key, value = override.split("=")
         role, name = key.split(".")
         builtin[role][name] = yaml.safe_load(value)
-    task, seed = TaskConfig.from_params(builtin["task"]), params["seed"]
+    seed = params["seed"] if args.seed is None else args.seed
+    task = TaskConfig.from_params(builtin["task"])
     splits = dataset_splits(builtin["task"], seed)
     val = splits["val"][: args.n_eval]
     answers = np.array([e["answer"] for e in val])
-    results: dict = {"threads": torch.get_num_threads(), "builtin": builtin}
+    results: dict = {"threads": torch.get_num_threads(), "seed": seed, "builtin": builtin}
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     roles = ["teacher"] if args.skip_student else ["teacher", "student"]

@@ -1,9 +1,13 @@
 """The builtin task: a small world of made-up words in categories, its MC questions and its pretraining text.
 
 The world is `n_categories` real category nouns ("fruit", "tool", ...) with `words_per_category` made-up words
-each ("zabo is a fruit."). Questions ask either "Which of these is a fruit?" (one member, distractors from
-other categories) or "What is zabo?" (category names as options). Everything is a pure function of
-(task params, seed): the world from the seed, example i of a split from (seed, split, i).
+each ("zabo is a fruit."), the categories split into fixed groups of `n_choices`. Questions ask either
+"Which of these is a fruit?" (one word from each category of fruit's group) or "What is zabo?" (the category
+names of zabo's group). Options always come in the group's canonical category order, so the right SLOT is a
+function of recalled knowledge (the category's index within its group), not of in-context matching, which a
+tiny model does not learn within a CPU budget (measured: letter accuracy 0.26 and probes at chance with
+shuffled options). Everything is a pure function of (task params, seed): the world from the seed, example i of
+a split from (seed, split, i).
 
 Two pretraining corpora come from the same world (see `sample_document`): the teacher's holds the facts plus
 answered MC questions in the pipeline's own prompt, answered mostly by option NUMBER or option TEXT and only
@@ -57,6 +61,11 @@ class TaskConfig:
                 f"builtin.task.n_choices={self.n_choices}: options come from distinct categories, "
                 f"so it must be 2..n_categories ({self.n_categories})"
             )
+        if self.n_categories % self.n_choices:
+            raise InputError(
+                f"builtin.task.n_categories={self.n_categories} must be divisible by builtin.task.n_choices="
+                f"{self.n_choices}: questions list the categories of one fixed group of n_choices"
+            )
 
     @classmethod
     def from_params(cls, task: dict) -> TaskConfig:
@@ -71,6 +80,11 @@ class World:
     categories: tuple[str, ...]
     members: tuple[tuple[str, ...], ...]  # members[c] = the made-up words of category c
     n_choices: int
+
+    def group(self, category: int) -> list[int]:
+        """The categories of `category`'s group in canonical order; `category` sits at `category % n_choices`."""
+        start = category - category % self.n_choices
+        return list(range(start, start + self.n_choices))
 
     @property
     def words(self) -> list[tuple[str, int]]:
@@ -104,20 +118,17 @@ def article(noun: str) -> str:
 
 
 def sample_question(world: World, rng: random.Random) -> tuple[str, list[str], int, str]:
-    """(question, choices, answer index, subject category) with fresh options and order."""
-    n_categories = len(world.categories)
-    categories = rng.sample(range(n_categories), world.n_choices)  # categories[0] is the right one
-    target = categories[0]
+    """(question, choices, answer index, subject category): options in the group's canonical order."""
+    target = rng.randrange(len(world.categories))
+    group = world.group(target)
     if rng.random() < 0.5:
         question = f"Which of these is {article(world.categories[target])} {world.categories[target]}?"
-        options = [rng.choice(world.members[c]) for c in categories]
+        options = [rng.choice(world.members[c]) for c in group]  # the words vary, so the model must read them
     else:
         word = rng.choice(world.members[target])
         question = f"What is {word}?"
-        options = [world.categories[c] for c in categories]
-    order = list(range(world.n_choices))
-    rng.shuffle(order)
-    return question, [options[k] for k in order], order.index(0), world.categories[target]
+        options = [world.categories[c] for c in group]
+    return question, options, group.index(target), world.categories[target]
 
 
 def dataset_splits(task: dict, seed: int) -> dict[str, list[dict]]:
@@ -155,7 +166,9 @@ class CorpusMix:
     text_fraction: float = 0.0
     """Share answered by the option's text; the rest (1 - letter - text) by option number (1..n)."""
     letter_bias: float = 0.0
-    """Share of letter answers replaced by "A" whatever the right option: the teacher's brittle letter habit."""
+    """Share of letter answers to "What is <word>?" questions replaced by "A" whatever the right option: the
+    teacher's brittle letter habit. Above 0.5 its letters are wrong on those questions (unless the answer is A)
+    while the slot stays in its hidden states; "Which of these" letters stay right."""
 
     def __post_init__(self) -> None:
         for name in ("mc_fraction", "letter_fraction", "text_fraction", "letter_bias"):
@@ -180,10 +193,13 @@ def fact_sentence(world: World, rng: random.Random) -> str:
     return rng.choice(templates)
 
 
-def answer_text(choices: list[str], answer: int, mix: CorpusMix, rng: random.Random) -> str:
+def answer_text(choices: list[str], answer: int, biased: bool, mix: CorpusMix, rng: random.Random) -> str:
+    """The answer after "Answer:": a letter (replaced by "A" at rate letter_bias where `biased`), text or number."""
     draw = rng.random()
     if draw < mix.letter_fraction:
-        return "A" if rng.random() < mix.letter_bias else LETTERS[answer]
+        # A bias on one question form only: a uniform bias either loses to the right letter (< 0.5) or
+        # swamps every letter (> 0.5), and in between the measured letter accuracy swung 0.29-0.98 with the seed.
+        return "A" if biased and rng.random() < mix.letter_bias else LETTERS[answer]
     if draw < mix.letter_fraction + mix.text_fraction:
         return choices[answer]
     return str(answer + 1)
@@ -193,5 +209,6 @@ def sample_document(world: World, mix: CorpusMix, rng: random.Random) -> str:
     """One pretraining document: an answered MC question (share `mc_fraction`) or a few facts."""
     if rng.random() < mix.mc_fraction:
         question, choices, answer, _ = sample_question(world, rng)
-        return f"{format_prompt(question, choices)} {answer_text(choices, answer, mix, rng)}"
+        biased = question.startswith("What is")
+        return f"{format_prompt(question, choices)} {answer_text(choices, answer, biased, mix, rng)}"
     return " ".join(fact_sentence(world, rng) for _ in range(rng.randint(2, 4)))

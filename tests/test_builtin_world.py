@@ -27,7 +27,25 @@ def test_splits_are_canonical_and_sized():
         else:
             assert right == row["subject"]
     answers = [row["answer"] for row in splits["train"]]
-    assert all(answers.count(k) > 20 for k in range(4))  # answer positions are shuffled
+    assert all(answers.count(k) > 20 for k in range(4))  # every slot is the answer for some categories
+
+
+def test_options_list_one_fixed_group_so_the_slot_follows_from_the_question():
+    splits = dataset_splits(TASK, seed=0)
+    world = build_world(TaskConfig.from_params(TASK), 0)
+    category_of = {word: c for word, c in world.words}
+    slot_of_subject: dict[str, set[int]] = {}
+    for row in splits["train"]:
+        target = world.categories.index(row["subject"])
+        if row["question"].startswith("Which"):
+            categories = [category_of[word] for word in row["choices"]]
+        else:
+            categories = [world.categories.index(name) for name in row["choices"]]
+        assert categories == world.group(target) and categories[row["answer"]] == target
+        slot_of_subject.setdefault(row["subject"], set()).add(row["answer"])
+    assert all(len(slots) == 1 for slots in slot_of_subject.values()) and len(slot_of_subject) == 8
+    which = [tuple(row["choices"]) for row in splits["train"] if row["question"].startswith("Which")]
+    assert len(set(which)) > len(which) // 2  # the words in the options vary, so the model must read them
 
 
 def test_splits_deterministic_and_stable_under_pool_size():
@@ -44,9 +62,12 @@ def test_documents_follow_the_mix():
     student = [sample_document(world, CorpusMix(), rng) for _ in range(200)]
     assert not any("Answer:" in doc for doc in student)
     teacher = [
-        sample_document(world, CorpusMix(mc_fraction=1.0, letter_fraction=1.0, letter_bias=1.0), rng) for _ in range(50)
+        sample_document(world, CorpusMix(mc_fraction=1.0, letter_fraction=1.0, letter_bias=1.0), rng) for _ in range(80)
     ]
-    assert all(doc.endswith("\nAnswer: A") for doc in teacher)  # letter_bias 1: always "A"
+    recall = [doc for doc in teacher if "What is " in doc]
+    assert recall and all(doc.endswith("\nAnswer: A") for doc in recall)  # letter_bias 1: always "A" there
+    which = [doc.rsplit(" ", 1)[1] for doc in teacher if "Which of these" in doc]
+    assert len(set(which)) == 4  # "Which of these" letters stay right, so all slots appear
     numbers = [sample_document(world, CorpusMix(1.0, 0.0, 0.0), rng).rsplit(" ", 1)[1] for _ in range(200)]
     assert {"1", "2", "3", "4"} <= set(numbers) and not set(numbers) & set(LETTERS)
 
@@ -54,7 +75,8 @@ def test_documents_follow_the_mix():
 @pytest.mark.parametrize(
     ("change", "message"),
     [({"n_choices": 9}, "n_choices=9"), ({"n_categories": 40}, "n_categories"), ({"n_val": 0}, "n_val"),
-     ({"colour": 1}, "unknown key")],
+     ({"colour": 1}, "unknown key"), ({"n_choices": 3}, r"n_categories=8 must be divisible by builtin.task.n_choices"),
+    ],
 )  # fmt: skip
 def test_bad_task_params(change, message):
     with pytest.raises(InputError, match=message):
