@@ -11,9 +11,10 @@ a split from (seed, split, i).
 
 Two pretraining corpora come from the same world (see `sample_document`): the teacher's holds the facts plus
 answered MC questions in the pipeline's own prompt, answered mostly by option NUMBER or option TEXT and only
-sometimes by letter, with letters biased toward "A". So the teacher knows which slot is right (its hidden
-states at `Answer:` must hold it to predict the number) while its letter outputs are noisy: Probe-KD's premise
-in miniature. The student's corpus holds facts and plain sentences only, never an answered MC question.
+sometimes by letter, with the letters of "What is <word>?" questions mostly replaced by "A". So the teacher
+knows which slot is right (its hidden states at `Answer:` must hold it to predict the number) while its letter
+outputs are wrong on part of the questions: Probe-KD's premise in miniature. The student's corpus holds facts
+and plain sentences only, never an answered MC question.
 """
 
 from __future__ import annotations
