@@ -28,6 +28,10 @@ STD_FLOOR = 1e-6  # constant features (e.g. the embedding of the shared last pro
 # L-BFGS iterations between refreshes of the diagonal preconditioner (softmax curvature shrinks as the fit
 # becomes confident, so the start's exact preconditioner goes stale); the last round runs to max_iter.
 PRECONDITIONER_ROUNDS = (10, 20, 1_000_000)
+# Reduced problems with at most this many parameters ((rank + 1) * n_slots) are solved by Newton's method:
+# exact Hessians and Cholesky solves cost ~ (rank * k)^3 / 3 each, fine up to a few hundred parameters.
+NEWTON_MAX_PARAMS = 600
+BIAS_RIDGE = 1e-10  # added to the bias block of the Newton system only: softmax's shift invariance makes it flat
 EIGEN_FLOOR = 1e-6  # Gram eigenvalues below this fraction of the largest are float32 noise: direction dropped
 
 
@@ -172,14 +176,41 @@ def fit_logistic(
         lifts.append(lift)
     n_problems = n_fits * n_layers
     reduced = reduced.reshape(n_problems, n_examples, rank)
-    # The products with the features read (n_problems, n, rank) every evaluation and are memory-bound: float32
-    # there, float64 for the small (n, k) logits and everything after.
-    narrow = reduced.float()
-    del reduced
-    squares = narrow**2  # (n_problems, n, rank): the preconditioner only needs a rough diagonal
     weights = (train.double() / counts[:, None]).repeat_interleave(n_layers, 0)  # (n_problems, n_examples)
-
     gold = torch.nn.functional.one_hot(answers, n_slots).double()  # (n_examples, k)
+    if (rank + 1) * n_slots <= NEWTON_MAX_PARAMS:
+        z, b = reduced_newton(reduced, gold, valid, weights, settings)
+    else:
+        # The products with the features read (n_problems, n, rank) every evaluation and are memory-bound:
+        # float32 there, float64 for the small (n, k) logits and everything after.
+        narrow = reduced.float()
+        del reduced
+        z, b = reduced_lbfgs(narrow, gold, valid, weights, settings)
+    z = z.reshape(n_fits, n_layers, rank, n_slots)
+    w = features.new_empty(n_fits, n_layers, d_model, n_slots)
+    for fit, lift in enumerate(lifts):
+        coefficients = (lift @ z[fit, :, : lift.shape[2]]).to(features.dtype)
+        if lift.shape[1] == d_model:  # V Z
+            w[fit] = coefficients
+        else:  # x^T (U / S) Z with x = (features[rows] - mean) / std, without rebuilding x
+            rows = train[fit].nonzero()[:, 0]
+            raw = features[:, rows].transpose(1, 2) @ coefficients  # (n_layers, d_model, k)
+            w[fit] = (raw - mean[fit][..., None] * coefficients.sum(1, keepdim=True)) / std[fit][..., None]
+    return {"w": w, "b": b.reshape(n_fits, n_layers, n_slots).to(features.dtype), "mean": mean, "std": std}
+
+
+def reduced_lbfgs(
+    narrow: torch.Tensor, gold: torch.Tensor, valid: torch.Tensor, weights: torch.Tensor, settings: FitSettings
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Preconditioned batched L-BFGS on the reduced problems (see `fit_logistic`): (z, b) per problem.
+
+    narrow: (n_problems, n_examples, rank) float32 reduced features, zero on held-out rows; gold: (n_examples, k)
+    one-hot; weights: (n_problems, n_examples), 1 / n_train on training rows.
+    """
+    n_problems, _, rank = narrow.shape
+    n_slots = valid.shape[1]
+    squares = narrow**2  # (n_problems, n, rank): the preconditioner only needs a rough diagonal
+
     invalid = ~valid
     size_w = rank * n_slots
     z = torch.zeros(n_problems, rank, n_slots, dtype=torch.float64)
@@ -224,17 +255,97 @@ def fit_logistic(
         probs = torch.softmax(logits, dim=-1)
         if done >= settings.max_iter:
             break
-    z = z.reshape(n_fits, n_layers, rank, n_slots)
-    w = features.new_empty(n_fits, n_layers, d_model, n_slots)
-    for fit, lift in enumerate(lifts):
-        coefficients = (lift @ z[fit, :, : lift.shape[2]]).to(features.dtype)
-        if lift.shape[1] == d_model:  # V Z
-            w[fit] = coefficients
-        else:  # x^T (U / S) Z with x = (features[rows] - mean) / std, without rebuilding x
-            rows = train[fit].nonzero()[:, 0]
-            raw = features[:, rows].transpose(1, 2) @ coefficients  # (n_layers, d_model, k)
-            w[fit] = (raw - mean[fit][..., None] * coefficients.sum(1, keepdim=True)) / std[fit][..., None]
-    return {"w": w, "b": b.reshape(n_fits, n_layers, n_slots).to(features.dtype), "mean": mean, "std": std}
+    return z, b
+
+
+def reduced_newton(
+    reduced: torch.Tensor, gold: torch.Tensor, valid: torch.Tensor, weights: torch.Tensor, settings: FitSettings
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Damped Newton (IRLS) on the reduced problems, all at once: (z, b) per problem, float64.
+
+    reduced: (n_problems, n_examples, rank) float64, zero on held-out rows; gold: (n_examples, k) one-hot;
+    weights: (n_problems, n_examples), 1 / n_train on training rows.
+    For few reduced parameters (scarce labels, any d_model) the exact Hessian is cheap. With the bias as an
+    unpenalised constant feature (x1 = [x, 1]) and theta = [z; b] (rank + 1, k), the Hessian's block for slots
+    (j, l) is x1^T diag(w C[:, j, l]) x1 with C = diag(p) - p p^T, plus l2 I on the weights; a batched Cholesky
+    solve gives the Newton step and a backtracking (Armijo) search on the objective guarantees descent:
+    quadratic convergence, ~5-15 steps. Softmax ignores a common shift of the biases (and slots no training row
+    offers get no curvature), so the bias row alone gets BIAS_RIDGE added in the solve: it only damps those
+    flat directions, whose gradient is exactly 0, and leaves the objective and its optimum unchanged.
+    Stops a problem once its gradient's 2-norm is below `tolerance` (the same norm in (W, b) coordinates:
+    the lift to the original features is an isometry on the row space).
+    """
+    n_problems, n_examples, rank = reduced.shape
+    n_slots = valid.shape[1]
+    size = (rank + 1) * n_slots
+    invalid = ~valid
+    l2 = settings.l2
+    ones = torch.ones(n_problems, n_examples, 1, dtype=torch.float64)
+    augmented = torch.cat([reduced, ones], dim=2)  # (n_problems, n, rank + 1): the last feature is the bias
+    # Diagonal added in the solve, (rank + 1) * k in theta's row-major order: the penalty's own curvature l2
+    # on the weights, BIAS_RIDGE on the biases.
+    ridge = torch.full((rank + 1, n_slots), l2, dtype=torch.float64)
+    ridge[rank] = BIAS_RIDGE
+    ridge = ridge.flatten()
+    penalised = torch.ones(rank + 1, 1, dtype=torch.float64)
+    penalised[rank] = 0.0
+
+    def loss_of(x, theta, w):
+        """Per-problem objective and log-probabilities: x (m, n, rank + 1), theta (m, rank + 1, k), w (m, n)."""
+        log_probs = torch.log_softmax((x @ theta).masked_fill(invalid, float("-inf")), dim=-1)  # (m, n, k)
+        cross_entropy = -(log_probs.masked_fill(invalid, 0.0) * gold).sum(-1)  # (m, n)
+        return (cross_entropy * w).sum(1) + l2 / 2 * (theta[:, :rank] ** 2).sum((1, 2)), log_probs
+
+    theta = torch.zeros(n_problems, rank + 1, n_slots, dtype=torch.float64)
+    loss, log_probs = loss_of(augmented, theta, weights)
+    active = torch.arange(n_problems)  # problems still above tolerance
+    for _ in range(settings.max_iter):
+        x, w, current = augmented[active], weights[active], theta[active]
+        probs = log_probs[active].exp()  # (m, n, k)
+        residual = (probs - gold) * w[:, :, None]  # dCE/dlogits
+        gradient = x.transpose(1, 2) @ residual + l2 * current * penalised  # (m, rank + 1, k)
+        converged = gradient.flatten(1).norm(dim=1) <= settings.tolerance
+        if converged.all():
+            break
+        if converged.any():  # drop them so the Hessians below are built only for problems still moving
+            keep = ~converged
+            active, x, w, current = active[keep], x[keep], w[keep], current[keep]
+            probs, gradient = probs[keep], gradient[keep]
+        m = active.numel()
+        # Weighted softmax curvature in the logits per example, w (diag(p) - p p^T): (m, n, k, k).
+        curvature = (torch.diag_embed(probs) - probs[..., :, None] * probs[..., None, :]) * w[:, :, None, None]
+        # One batched product per slot pair (symmetric in j, l), written straight into the Hessian.
+        hessian = torch.empty(m, rank + 1, n_slots, rank + 1, n_slots, dtype=torch.float64)
+        for j in range(n_slots):
+            for slot in range(j, n_slots):
+                block = x.transpose(1, 2) @ (x * curvature[:, :, j, slot, None])  # (m, rank + 1, rank + 1)
+                hessian[:, :, j, :, slot] = block
+                hessian[:, :, slot, :, j] = block
+        hessian = hessian.reshape(m, size, size)
+        hessian.diagonal(dim1=1, dim2=2).add_(ridge)
+        factor, info = torch.linalg.cholesky_ex(hessian)
+        flat_gradient = gradient.reshape(m, size, 1)
+        half = torch.linalg.solve_triangular(factor, flat_gradient, upper=False)
+        direction = -torch.linalg.solve_triangular(factor.transpose(1, 2), half, upper=True)
+        failed = info != 0  # not positive definite in float64 (should not happen): steepest descent instead
+        direction = torch.where(failed[:, None, None], -flat_gradient, direction).reshape(m, rank + 1, n_slots)
+        slope = (gradient * direction).sum((1, 2))
+        step = torch.ones(m, dtype=torch.float64)
+        old_loss = loss[active]
+        for _ in range(40):
+            new_loss, new_log_probs = loss_of(x, current + step[:, None, None] * direction, w)
+            accepted = new_loss <= old_loss + 1e-4 * step * slope
+            if accepted.all():
+                break
+            step = torch.where(accepted, step, step / 2)
+        # A problem whose search failed is at its optimum to float64 resolution: it stays put and stops.
+        theta[active] = torch.where(accepted[:, None, None], current + step[:, None, None] * direction, current)
+        loss[active] = torch.where(accepted, new_loss, old_loss)
+        log_probs[active] = torch.where(accepted[:, None, None], new_log_probs, log_probs[active])
+        active = active[accepted]
+        if active.numel() == 0:
+            break
+    return theta[:, :rank], theta[:, rank]
 
 
 def preconditioner(probs: torch.Tensor, squares: torch.Tensor, weights: torch.Tensor, l2: float):

@@ -5,6 +5,7 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
+from stages import probe_fit
 from stages.probe_fit import (
     FitSettings,
     fit_probes,
@@ -138,3 +139,33 @@ def test_row_space_fit_matches_sklearn_when_fewer_examples_than_dimensions():
             np.testing.assert_allclose(bias - bias.mean(), centred, atol=2e-4)
             probs = torch.softmax(predict({k: v[fit] for k, v in params.items()}, features, valid)[layer], -1)
             np.testing.assert_allclose(probs.numpy(), reference.predict_proba((x - mean) / std), atol=1e-4)
+
+
+def test_newton_and_lbfgs_reach_the_same_optimum_as_sklearn(monkeypatch):
+    """n_train < d_model with a masked slot: Newton on the reduced problem, L-BFGS on it and sklearn agree."""
+    rng = np.random.default_rng(5)
+    n_examples, d_model, n_slots, l2 = 30, 200, 4, 1e-2
+    answers = rng.integers(0, 3, size=n_examples)  # slot 3 is never offered
+    features = rng.normal(size=(2, n_examples, d_model)) * np.exp(rng.normal(size=d_model)) + 20
+    features[:, :, :3] += np.eye(3)[answers] * 2
+    features = torch.tensor(features, dtype=torch.float32)
+    valid = torch.ones(n_examples, n_slots, dtype=torch.bool)
+    valid[:, 3] = False
+    train = fold_masks(torch.arange(n_examples) % 3, 3)
+    settings = FitSettings(l2=l2, tolerance=1e-9)
+    assert (n_examples + 1) * n_slots <= probe_fit.NEWTON_MAX_PARAMS  # this problem takes the Newton path
+    newton = fit_probes(features, torch.tensor(answers), valid, train, settings)
+    monkeypatch.setattr(probe_fit, "NEWTON_MAX_PARAMS", 0)  # force the L-BFGS path
+    lbfgs = fit_probes(features, torch.tensor(answers), valid, train, settings)
+    torch.testing.assert_close(newton["w"], lbfgs["w"], atol=1e-4, rtol=0)
+    assert torch.all(newton["w"][..., 3] == 0)
+    for fit in (0, 3):
+        rows = train[fit].numpy()
+        for layer in range(2):
+            x = features[layer].numpy().astype(np.float64)
+            mean, std = x[rows].mean(0), x[rows].std(0)
+            reference = LogisticRegression(C=1 / (rows.sum() * l2), l1_ratio=0, tol=1e-10, max_iter=10_000)
+            reference.fit((x[rows] - mean) / std, answers[rows])
+            np.testing.assert_allclose(newton["w"][fit, layer, :, :3].numpy(), reference.coef_.T, atol=1e-4)
+            probs = torch.softmax(predict({k: v[fit] for k, v in newton.items()}, features, valid)[layer], -1)
+            np.testing.assert_allclose(probs[:, :3].numpy(), reference.predict_proba((x - mean) / std), atol=1e-5)
