@@ -28,10 +28,10 @@ STD_FLOOR = 1e-6  # constant features (e.g. the embedding of the shared last pro
 # L-BFGS iterations between refreshes of the diagonal preconditioner (softmax curvature shrinks as the fit
 # becomes confident, so the start's exact preconditioner goes stale); the last round runs to max_iter.
 PRECONDITIONER_ROUNDS = (10, 20, 1_000_000)
-# Reduced problems with at most this many parameters ((rank + 1) * n_slots) are solved by Newton's method:
-# exact Hessians and Cholesky solves cost ~ (rank * k)^3 / 3 each, fine up to a few hundred parameters.
+# Reduced problems with at most this many free parameters ((rank + 1) * (n_slots - 1)) are solved by Newton's
+# method: exact Hessians and Cholesky solves cost ~ (rank * k)^3 / 3 each, fine up to a few hundred.
 NEWTON_MAX_PARAMS = 600
-BIAS_RIDGE = 1e-10  # added to the bias block of the Newton system only: softmax's shift invariance makes it flat
+BIAS_RIDGE = 1e-10  # added to the Newton system's bias rows only: a slot no training row offers has no curvature
 EIGEN_FLOOR = 1e-6  # Gram eigenvalues below this fraction of the largest are float32 noise: direction dropped
 
 
@@ -178,7 +178,7 @@ def fit_logistic(
     reduced = reduced.reshape(n_problems, n_examples, rank)
     weights = (train.double() / counts[:, None]).repeat_interleave(n_layers, 0)  # (n_problems, n_examples)
     gold = torch.nn.functional.one_hot(answers, n_slots).double()  # (n_examples, k)
-    if (rank + 1) * n_slots <= NEWTON_MAX_PARAMS:
+    if n_slots > 1 and (rank + 1) * (n_slots - 1) <= NEWTON_MAX_PARAMS:
         z, b = reduced_newton(reduced, gold, valid, weights, settings)
     else:
         # The products with the features read (n_problems, n, rank) every evaluation and are memory-bound:
@@ -265,45 +265,51 @@ def reduced_newton(
 
     reduced: (n_problems, n_examples, rank) float64, zero on held-out rows; gold: (n_examples, k) one-hot;
     weights: (n_problems, n_examples), 1 / n_train on training rows.
-    For few reduced parameters (scarce labels, any d_model) the exact Hessian is cheap. With the bias as an
-    unpenalised constant feature (x1 = [x, 1]) and theta = [z; b] (rank + 1, k), the Hessian's block for slots
-    (j, l) is x1^T diag(w C[:, j, l]) x1 with C = diag(p) - p p^T, plus l2 I on the weights; a batched Cholesky
+    For few reduced parameters (scarce labels, any d_model) the exact Hessian is cheap. The bias is an
+    unpenalised constant feature (x1 = [x, 1]), and since softmax ignores a common shift of all slots, the
+    optimum has slot-sums zero (the penalty removes any common part of the weights): theta = [z; b] = t B^T
+    with B (k, k - 1) an orthonormal basis of the zero-sum slot vectors, which shrinks the Newton system from
+    (rank + 1) k to (rank + 1) (k - 1) unknowns. The Hessian's block for slot directions (j, l) is
+    x1^T diag(w C'[:, j, l]) x1, C' = B^T (diag(p) - p p^T) B, plus l2 I on the weights; a batched Cholesky
     solve gives the Newton step and a backtracking (Armijo) search on the objective guarantees descent:
-    quadratic convergence, ~5-15 steps. Softmax ignores a common shift of the biases (and slots no training row
-    offers get no curvature), so the bias row alone gets BIAS_RIDGE added in the solve: it only damps those
-    flat directions, whose gradient is exactly 0, and leaves the objective and its optimum unchanged.
+    quadratic convergence, ~5-15 steps. A slot no training row offers gets no curvature, so the bias row gets
+    BIAS_RIDGE added in the solve: it only damps that flat direction (whose gradient is exactly 0) and leaves
+    the objective and its optimum unchanged.
     Stops a problem once its gradient's 2-norm is below `tolerance` (the same norm in (W, b) coordinates:
-    the lift to the original features is an isometry on the row space).
+    the lift to the original features and B are isometries on the subspace holding the optimum).
     """
     n_problems, n_examples, rank = reduced.shape
     n_slots = valid.shape[1]
-    size = (rank + 1) * n_slots
+    basis = zero_sum_basis(n_slots)  # (k, k - 1)
+    n_free = n_slots - 1
+    size = n_free * (rank + 1)
     invalid = ~valid
     l2 = settings.l2
     ones = torch.ones(n_problems, n_examples, 1, dtype=torch.float64)
     augmented = torch.cat([reduced, ones], dim=2)  # (n_problems, n, rank + 1): the last feature is the bias
-    # Diagonal added in the solve, (rank + 1) * k in theta's row-major order: the penalty's own curvature l2
-    # on the weights, BIAS_RIDGE on the biases.
-    ridge = torch.full((rank + 1, n_slots), l2, dtype=torch.float64)
-    ridge[rank] = BIAS_RIDGE
+    # Diagonal added in the solve, in the system's slot-major order (k - 1, rank + 1): the penalty's own
+    # curvature l2 on the weights, BIAS_RIDGE on the biases.
+    ridge = torch.full((n_free, rank + 1), l2, dtype=torch.float64)
+    ridge[:, rank] = BIAS_RIDGE
     ridge = ridge.flatten()
     penalised = torch.ones(rank + 1, 1, dtype=torch.float64)
     penalised[rank] = 0.0
 
     def loss_of(x, theta, w):
-        """Per-problem objective and log-probabilities: x (m, n, rank + 1), theta (m, rank + 1, k), w (m, n)."""
-        log_probs = torch.log_softmax((x @ theta).masked_fill(invalid, float("-inf")), dim=-1)  # (m, n, k)
+        """Per-problem objective and log-probabilities: x (m, n, rank + 1), theta (m, rank + 1, k - 1), w (m, n)."""
+        logits = (x @ (theta @ basis.T)).masked_fill(invalid, float("-inf"))  # (m, n, k)
+        log_probs = torch.log_softmax(logits, dim=-1)
         cross_entropy = -(log_probs.masked_fill(invalid, 0.0) * gold).sum(-1)  # (m, n)
         return (cross_entropy * w).sum(1) + l2 / 2 * (theta[:, :rank] ** 2).sum((1, 2)), log_probs
 
-    theta = torch.zeros(n_problems, rank + 1, n_slots, dtype=torch.float64)
+    theta = torch.zeros(n_problems, rank + 1, n_free, dtype=torch.float64)
     loss, log_probs = loss_of(augmented, theta, weights)
     active = torch.arange(n_problems)  # problems still above tolerance
     for _ in range(settings.max_iter):
         x, w, current = augmented[active], weights[active], theta[active]
         probs = log_probs[active].exp()  # (m, n, k)
         residual = (probs - gold) * w[:, :, None]  # dCE/dlogits
-        gradient = x.transpose(1, 2) @ residual + l2 * current * penalised  # (m, rank + 1, k)
+        gradient = x.transpose(1, 2) @ (residual @ basis) + l2 * current * penalised  # (m, rank + 1, k - 1)
         converged = gradient.flatten(1).norm(dim=1) <= settings.tolerance
         if converged.all():
             break
@@ -312,23 +318,25 @@ def reduced_newton(
             active, x, w, current = active[keep], x[keep], w[keep], current[keep]
             probs, gradient = probs[keep], gradient[keep]
         m = active.numel()
-        # Weighted softmax curvature in the logits per example, w (diag(p) - p p^T): (m, n, k, k).
-        curvature = (torch.diag_embed(probs) - probs[..., :, None] * probs[..., None, :]) * w[:, :, None, None]
-        # One batched product per slot pair (symmetric in j, l), written straight into the Hessian.
-        hessian = torch.empty(m, rank + 1, n_slots, rank + 1, n_slots, dtype=torch.float64)
-        for j in range(n_slots):
-            for slot in range(j, n_slots):
+        # Weighted softmax curvature in the free slot directions per example, w B^T (diag(p) - p p^T) B.
+        spread = probs[..., None] * (basis - (probs @ basis)[:, :, None, :])  # (diag(p) - p p^T) B: (m, n, k, k-1)
+        curvature = (basis.T @ spread) * w[:, :, None, None]  # (m, n, k - 1, k - 1)
+        # One batched product per slot pair (symmetric), written straight into the slot-major Hessian.
+        hessian = torch.empty(m, n_free, rank + 1, n_free, rank + 1, dtype=torch.float64)
+        for j in range(n_free):
+            for slot in range(j, n_free):
                 block = x.transpose(1, 2) @ (x * curvature[:, :, j, slot, None])  # (m, rank + 1, rank + 1)
-                hessian[:, :, j, :, slot] = block
-                hessian[:, :, slot, :, j] = block
+                hessian[:, j, :, slot] = block
+                hessian[:, slot, :, j] = block
         hessian = hessian.reshape(m, size, size)
         hessian.diagonal(dim1=1, dim2=2).add_(ridge)
         factor, info = torch.linalg.cholesky_ex(hessian)
-        flat_gradient = gradient.reshape(m, size, 1)
+        flat_gradient = gradient.transpose(1, 2).reshape(m, size, 1)
         half = torch.linalg.solve_triangular(factor, flat_gradient, upper=False)
         direction = -torch.linalg.solve_triangular(factor.transpose(1, 2), half, upper=True)
         failed = info != 0  # not positive definite in float64 (should not happen): steepest descent instead
-        direction = torch.where(failed[:, None, None], -flat_gradient, direction).reshape(m, rank + 1, n_slots)
+        direction = torch.where(failed[:, None, None], -flat_gradient, direction)
+        direction = direction.reshape(m, n_free, rank + 1).transpose(1, 2)  # (m, rank + 1, k - 1)
         slope = (gradient * direction).sum((1, 2))
         step = torch.ones(m, dtype=torch.float64)
         old_loss = loss[active]
@@ -345,7 +353,19 @@ def reduced_newton(
         active = active[accepted]
         if active.numel() == 0:
             break
+    theta = theta @ basis.T  # (n_problems, rank + 1, k)
     return theta[:, :rank], theta[:, rank]
+
+
+def zero_sum_basis(n_slots: int) -> torch.Tensor:
+    """(n_slots, n_slots - 1) orthonormal columns orthogonal to the all-ones vector (Helmert), float64."""
+    basis = torch.zeros(n_slots, n_slots - 1, dtype=torch.float64)
+    for column in range(n_slots - 1):
+        size = column + 1
+        basis[:size, column] = 1.0
+        basis[size, column] = -size
+        basis[:, column] /= (size * (size + 1)) ** 0.5
+    return basis
 
 
 def preconditioner(probs: torch.Tensor, squares: torch.Tensor, weights: torch.Tensor, l2: float):
