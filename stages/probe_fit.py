@@ -22,14 +22,15 @@ import numpy as np
 import torch
 
 KINDS = ("logistic", "mlp")
+SOLVERS = ("lbfgs", "newton")
 MLP_HIDDEN = 64  # small on purpose: labeled sets are tens to hundreds of examples
 MAX_TEMPERATURE = 100.0  # calibration bounds T to [1/100, 100]
 STD_FLOOR = 1e-6  # constant features (e.g. the embedding of the shared last prompt token) standardise to 0
 # L-BFGS iterations between refreshes of the diagonal preconditioner (softmax curvature shrinks as the fit
 # becomes confident, so the start's exact preconditioner goes stale); the last round runs to max_iter.
 PRECONDITIONER_ROUNDS = (10, 20, 1_000_000)
-# Reduced problems with at most this many free parameters ((rank + 1) * (n_slots - 1)) are solved by Newton's
-# method: exact Hessians and Cholesky solves cost ~ (rank * k)^3 / 3 each, fine up to a few hundred.
+# With solver "newton", reduced problems with at most this many free parameters ((rank + 1) * (n_slots - 1))
+# are solved by Newton's method: Hessians cost ~ rank^2 n k^2 and Cholesky solves ~ (rank k)^3 / 3 each.
 NEWTON_MAX_PARAMS = 600
 BIAS_RIDGE = 1e-10  # added to the Newton system's bias rows only: a slot no training row offers has no curvature
 EIGEN_FLOOR = 1e-6  # Gram eigenvalues below this fraction of the largest are float32 noise: direction dropped
@@ -42,6 +43,14 @@ class FitSettings:
     seed: int = 0
     max_iter: int = 500
     tolerance: float = 1e-4  # on each problem's largest gradient entry: scikit-learn's default `tol` for lbfgs
+    # Logistic solver on the reduced problems: "lbfgs" (default: measured faster on CPU in every benchmark
+    # config, see benchmarks/bench_probe.py) or "newton" (exact Hessians, quadratic convergence: a tighter
+    # optimum at the same tolerance; problems above NEWTON_MAX_PARAMS still use L-BFGS).
+    solver: str = "lbfgs"
+
+    def __post_init__(self) -> None:
+        if self.solver not in SOLVERS:
+            raise ValueError(f"FitSettings.solver is {self.solver!r}: use one of {', '.join(SOLVERS)}")
 
 
 def fold_masks(fold_of: torch.Tensor, n_folds: int) -> torch.Tensor:
@@ -178,7 +187,7 @@ def fit_logistic(
     reduced = reduced.reshape(n_problems, n_examples, rank)
     weights = (train.double() / counts[:, None]).repeat_interleave(n_layers, 0)  # (n_problems, n_examples)
     gold = torch.nn.functional.one_hot(answers, n_slots).double()  # (n_examples, k)
-    if n_slots > 1 and (rank + 1) * (n_slots - 1) <= NEWTON_MAX_PARAMS:
+    if settings.solver == "newton" and n_slots > 1 and (rank + 1) * (n_slots - 1) <= NEWTON_MAX_PARAMS:
         z, b = reduced_newton(reduced, gold, valid, weights, settings)
     else:
         # The products with the features read (n_problems, n, rank) every evaluation and are memory-bound:

@@ -34,13 +34,14 @@ def problem(n_examples=150, n_layers=3, d_model=10, n_slots=4, seed=0):
     return torch.tensor(features, dtype=torch.float32), torch.tensor(answers)
 
 
+@pytest.mark.parametrize("solver", ["lbfgs", "newton"])
 @pytest.mark.parametrize("l2", [1e-1, 1e-2])
-def test_logistic_probe_matches_sklearn(l2):
+def test_logistic_probe_matches_sklearn(l2, solver):
     features, answers = problem()
     n_layers, n_examples, _ = features.shape
     valid = torch.ones(n_examples, 4, dtype=torch.bool)
     train = torch.ones(1, n_examples, dtype=torch.bool)
-    params = fit_probes(features, answers, valid, train, FitSettings(l2=l2, tolerance=1e-7))
+    params = fit_probes(features, answers, valid, train, FitSettings(l2=l2, tolerance=1e-7, solver=solver))
     probs = torch.softmax(predict({k: v[0] for k, v in params.items()}, features, valid), dim=-1).numpy()
     for layer in range(n_layers):
         x = features[layer].numpy().astype(np.float64)
@@ -109,9 +110,10 @@ def test_fit_is_deterministic():
     features, answers = problem()
     valid = torch.ones(features.shape[1], 4, dtype=torch.bool)
     train = fold_masks(torch.arange(features.shape[1]) % 3, 3)
-    for kind in ("logistic", "mlp"):
-        first = fit_probes(features, answers, valid, train, FitSettings(kind=kind, l2=1e-2, seed=1))
-        second = fit_probes(features, answers, valid, train, FitSettings(kind=kind, l2=1e-2, seed=1))
+    for kind, solver in (("logistic", "lbfgs"), ("logistic", "newton"), ("mlp", "lbfgs")):
+        settings = FitSettings(kind=kind, l2=1e-2, seed=1, solver=solver)
+        first = fit_probes(features, answers, valid, train, settings)
+        second = fit_probes(features, answers, valid, train, settings)
         assert all(torch.equal(first[name], second[name]) for name in first)
 
 
@@ -152,11 +154,16 @@ def test_newton_and_lbfgs_reach_the_same_optimum_as_sklearn(monkeypatch):
     valid = torch.ones(n_examples, n_slots, dtype=torch.bool)
     valid[:, 3] = False
     train = fold_masks(torch.arange(n_examples) % 3, 3)
-    settings = FitSettings(l2=l2, tolerance=1e-9)
-    assert (n_examples + 1) * (n_slots - 1) <= probe_fit.NEWTON_MAX_PARAMS  # this problem takes the Newton path
-    newton = fit_probes(features, torch.tensor(answers), valid, train, settings)
-    monkeypatch.setattr(probe_fit, "NEWTON_MAX_PARAMS", 0)  # force the L-BFGS path
-    lbfgs = fit_probes(features, torch.tensor(answers), valid, train, settings)
+    assert (n_examples + 1) * (n_slots - 1) <= probe_fit.NEWTON_MAX_PARAMS  # small enough for Newton
+    newton = fit_probes(
+        features, torch.tensor(answers), valid, train, FitSettings(l2=l2, tolerance=1e-9, solver="newton")
+    )
+    lbfgs = fit_probes(features, torch.tensor(answers), valid, train, FitSettings(l2=l2, tolerance=1e-9))
+    monkeypatch.setattr(probe_fit, "NEWTON_MAX_PARAMS", 0)  # too large for Newton: falls back to L-BFGS
+    fallback = fit_probes(
+        features, torch.tensor(answers), valid, train, FitSettings(l2=l2, tolerance=1e-9, solver="newton")
+    )
+    assert all(torch.equal(fallback[name], lbfgs[name]) for name in lbfgs)
     torch.testing.assert_close(newton["w"], lbfgs["w"], atol=1e-4, rtol=0)
     assert newton["w"][..., 3].abs().max() < 1e-6  # the never-offered slot gets no weight
     for fit in (0, 3):
@@ -169,3 +176,8 @@ def test_newton_and_lbfgs_reach_the_same_optimum_as_sklearn(monkeypatch):
             np.testing.assert_allclose(newton["w"][fit, layer, :, :3].numpy(), reference.coef_.T, atol=1e-4)
             probs = torch.softmax(predict({k: v[fit] for k, v in newton.items()}, features, valid)[layer], -1)
             np.testing.assert_allclose(probs[:, :3].numpy(), reference.predict_proba((x - mean) / std), atol=1e-5)
+
+
+def test_unknown_solver_is_refused():
+    with pytest.raises(ValueError, match="FitSettings.solver is 'irls': use one of lbfgs, newton"):
+        FitSettings(solver="irls")
