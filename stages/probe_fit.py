@@ -168,6 +168,7 @@ def fit_logistic(
     PRECONDITIONER_ROUNDS iterations (L-BFGS restarts in the new variables): a few dozen steps instead of
     hundreds. Same optimum as the full-dimensional problem. Stops when the gradient's 2-norm in (W, b)
     coordinates is below `tolerance` (stricter than sklearn's largest-entry test with the same tol).
+    settings.solver "newton" solves small reduced problems by Newton's method instead (`reduced_newton`).
     """
     n_layers, n_examples, d_model = features.shape
     n_fits, n_slots = train.shape[0], valid.shape[1]
