@@ -25,7 +25,7 @@ import zarr
 from sklearn.linear_model import LogisticRegression
 
 from stages.hidden_store import HiddenStore
-from stages.probe_fit import SOLVERS, FitSettings, fit_probes, fold_masks, predict
+from stages.probe_fit import FitSettings, fit_probes, fold_masks, predict
 
 
 def synthetic_layers(n_layers: int, n_examples: int, d_model: int, n_slots: int, seed: int):
@@ -46,13 +46,13 @@ def fold_of(n_examples: int, n_folds: int) -> np.ndarray:
     return np.arange(n_examples) % n_folds
 
 
-def fit_torch(train_x, train_y, test_x, n_slots, l2, n_folds, tolerance, solver):
+def fit_torch(train_x, train_y, test_x, n_slots, l2, n_folds, tolerance):
     """The probe stage's workload: K fold probes + a refit on all rows, every layer, in one batched fit."""
     n_examples = train_x.shape[1]
     valid = torch.ones(n_examples, n_slots, dtype=torch.bool)
     train = fold_masks(torch.from_numpy(fold_of(n_examples, n_folds)), n_folds)
     start = time.perf_counter()
-    settings = FitSettings(l2=l2, tolerance=tolerance, solver=solver)
+    settings = FitSettings(l2=l2, tolerance=tolerance)
     params = fit_probes(torch.from_numpy(train_x), torch.from_numpy(train_y), valid, train, settings)
     seconds = time.perf_counter() - start
     refit = {name: tensor[n_folds] for name, tensor in params.items()}
@@ -110,7 +110,6 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tolerance", type=float, default=FitSettings.tolerance, help="torch side")
-    parser.add_argument("--solver", default=FitSettings.solver, choices=SOLVERS, help="torch side")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -120,12 +119,10 @@ def main() -> None:
     train_x, test_x = features[:, : args.n_train], features[:, args.n_train :]
     train_y, test_y = answers[: args.n_train], answers[args.n_train :]
     fit_torch(
-        train_x[:1, :32], train_y[:32], test_x[:1, :8], args.n_slots, args.l2, args.folds, args.tolerance, args.solver
+        train_x[:1, :32], train_y[:32], test_x[:1, :8], args.n_slots, args.l2, args.folds, args.tolerance
     )  # warm-up (first-call costs)
 
-    torch_s, torch_pred = fit_torch(
-        train_x, train_y, test_x, args.n_slots, args.l2, args.folds, args.tolerance, args.solver
-    )
+    torch_s, torch_pred = fit_torch(train_x, train_y, test_x, args.n_slots, args.l2, args.folds, args.tolerance)
     sklearn_s, sklearn_pred = fit_sklearn(train_x, train_y, test_x, args.l2, args.folds, 1e-4)
     exact_s, exact_pred = fit_sklearn(train_x, train_y, test_x, args.l2, args.folds, 1e-8)
     read_s = read_time(features)
@@ -134,7 +131,7 @@ def main() -> None:
         f"{args.n_layers} layers, d_model {args.d_model}, {args.n_train} train / {args.n_test} test, "
         f"{args.n_slots} slots, l2 {args.l2} (sklearn C {1 / (args.n_train * args.l2):.4g}), 1 thread"
     )
-    print(f"torch tolerance {args.tolerance}, solver {args.solver}; sklearn tol 1e-4 (default) and 1e-8 (optimum)")
+    print(f"torch tolerance {args.tolerance}; sklearn tol 1e-4 (default) and 1e-8 (optimum)")
     header = f"{'layer':>5} {'torch':>6} {'sk 1e-4':>7} {'sk 1e-8':>7} {'vs 1e-4':>7} {'vs 1e-8':>7} {'agree 1e-8':>10}"
     print(header)
     worst, worst_exact = 0.0, 0.0

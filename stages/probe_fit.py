@@ -22,17 +22,12 @@ import numpy as np
 import torch
 
 KINDS = ("logistic", "mlp")
-SOLVERS = ("lbfgs", "newton")
 MLP_HIDDEN = 64  # small on purpose: labeled sets are tens to hundreds of examples
 MAX_TEMPERATURE = 100.0  # calibration bounds T to [1/100, 100]
 STD_FLOOR = 1e-6  # constant features (e.g. the embedding of the shared last prompt token) standardise to 0
 # L-BFGS iterations between refreshes of the diagonal preconditioner (softmax curvature shrinks as the fit
 # becomes confident, so the start's exact preconditioner goes stale); the last round runs to max_iter.
 PRECONDITIONER_ROUNDS = (10, 20, 1_000_000)
-# With solver "newton", reduced problems with at most this many free parameters ((rank + 1) * (n_slots - 1))
-# are solved by Newton's method: Hessians cost ~ rank^2 n k^2 and Cholesky solves ~ (rank k)^3 / 3 each.
-NEWTON_MAX_PARAMS = 600
-BIAS_RIDGE = 1e-10  # added to the Newton system's bias rows only: a slot no training row offers has no curvature
 EIGEN_FLOOR = 1e-6  # Gram eigenvalues below this fraction of the largest are float32 noise: direction dropped
 
 
@@ -43,14 +38,6 @@ class FitSettings:
     seed: int = 0
     max_iter: int = 500
     tolerance: float = 1e-4  # on each problem's largest gradient entry: scikit-learn's default `tol` for lbfgs
-    # Logistic solver on the reduced problems: "lbfgs" (default: measured faster on CPU in every benchmark
-    # config, see benchmarks/bench_probe.py) or "newton" (exact Hessians, quadratic convergence: a tighter
-    # optimum at the same tolerance; problems above NEWTON_MAX_PARAMS still use L-BFGS).
-    solver: str = "lbfgs"
-
-    def __post_init__(self) -> None:
-        if self.solver not in SOLVERS:
-            raise ValueError(f"FitSettings.solver is {self.solver!r}: use one of {', '.join(SOLVERS)}")
 
 
 def fold_masks(fold_of: torch.Tensor, n_folds: int) -> torch.Tensor:
@@ -168,7 +155,6 @@ def fit_logistic(
     PRECONDITIONER_ROUNDS iterations (L-BFGS restarts in the new variables): a few dozen steps instead of
     hundreds. Same optimum as the full-dimensional problem. Stops when the gradient's 2-norm in (W, b)
     coordinates is below `tolerance` (stricter than sklearn's largest-entry test with the same tol).
-    settings.solver "newton" solves small reduced problems by Newton's method instead (`reduced_newton`).
     """
     n_layers, n_examples, d_model = features.shape
     n_fits, n_slots = train.shape[0], valid.shape[1]
@@ -186,41 +172,14 @@ def fit_logistic(
         lifts.append(lift)
     n_problems = n_fits * n_layers
     reduced = reduced.reshape(n_problems, n_examples, rank)
-    weights = (train.double() / counts[:, None]).repeat_interleave(n_layers, 0)  # (n_problems, n_examples)
-    gold = torch.nn.functional.one_hot(answers, n_slots).double()  # (n_examples, k)
-    if settings.solver == "newton" and n_slots > 1 and (rank + 1) * (n_slots - 1) <= NEWTON_MAX_PARAMS:
-        z, b = reduced_newton(reduced, gold, valid, weights, settings)
-    else:
-        # The products with the features read (n_problems, n, rank) every evaluation and are memory-bound:
-        # float32 there, float64 for the small (n, k) logits and everything after.
-        narrow = reduced.float()
-        del reduced
-        z, b = reduced_lbfgs(narrow, gold, valid, weights, settings)
-    z = z.reshape(n_fits, n_layers, rank, n_slots)
-    w = features.new_empty(n_fits, n_layers, d_model, n_slots)
-    for fit, lift in enumerate(lifts):
-        coefficients = (lift @ z[fit, :, : lift.shape[2]]).to(features.dtype)
-        if lift.shape[1] == d_model:  # V Z
-            w[fit] = coefficients
-        else:  # x^T (U / S) Z with x = (features[rows] - mean) / std, without rebuilding x
-            rows = train[fit].nonzero()[:, 0]
-            raw = features[:, rows].transpose(1, 2) @ coefficients  # (n_layers, d_model, k)
-            w[fit] = (raw - mean[fit][..., None] * coefficients.sum(1, keepdim=True)) / std[fit][..., None]
-    return {"w": w, "b": b.reshape(n_fits, n_layers, n_slots).to(features.dtype), "mean": mean, "std": std}
-
-
-def reduced_lbfgs(
-    narrow: torch.Tensor, gold: torch.Tensor, valid: torch.Tensor, weights: torch.Tensor, settings: FitSettings
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Preconditioned batched L-BFGS on the reduced problems (see `fit_logistic`): (z, b) per problem.
-
-    narrow: (n_problems, n_examples, rank) float32 reduced features, zero on held-out rows; gold: (n_examples, k)
-    one-hot; weights: (n_problems, n_examples), 1 / n_train on training rows.
-    """
-    n_problems, _, rank = narrow.shape
-    n_slots = valid.shape[1]
+    # The products with the features read (n_problems, n, rank) every evaluation and are memory-bound: float32
+    # there, float64 for the small (n, k) logits and everything after.
+    narrow = reduced.float()
+    del reduced
     squares = narrow**2  # (n_problems, n, rank): the preconditioner only needs a rough diagonal
+    weights = (train.double() / counts[:, None]).repeat_interleave(n_layers, 0)  # (n_problems, n_examples)
 
+    gold = torch.nn.functional.one_hot(answers, n_slots).double()  # (n_examples, k)
     invalid = ~valid
     size_w = rank * n_slots
     z = torch.zeros(n_problems, rank, n_slots, dtype=torch.float64)
@@ -265,117 +224,17 @@ def reduced_lbfgs(
         probs = torch.softmax(logits, dim=-1)
         if done >= settings.max_iter:
             break
-    return z, b
-
-
-def reduced_newton(
-    reduced: torch.Tensor, gold: torch.Tensor, valid: torch.Tensor, weights: torch.Tensor, settings: FitSettings
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Damped Newton (IRLS) on the reduced problems, all at once: (z, b) per problem, float64.
-
-    reduced: (n_problems, n_examples, rank) float64, zero on held-out rows; gold: (n_examples, k) one-hot;
-    weights: (n_problems, n_examples), 1 / n_train on training rows.
-    For few reduced parameters (scarce labels, any d_model) the exact Hessian is cheap. The bias is an
-    unpenalised constant feature (x1 = [x, 1]), and since softmax ignores a common shift of all slots, the
-    optimum has slot-sums zero (the penalty removes any common part of the weights): theta = [z; b] = t B^T
-    with B (k, k - 1) an orthonormal basis of the zero-sum slot vectors, which shrinks the Newton system from
-    (rank + 1) k to (rank + 1) (k - 1) unknowns. The Hessian's block for slot directions (j, l) is
-    x1^T diag(w C'[:, j, l]) x1, C' = B^T (diag(p) - p p^T) B, plus l2 I on the weights; a batched Cholesky
-    solve gives the Newton step and a backtracking (Armijo) search on the objective guarantees descent:
-    quadratic convergence, ~5-15 steps. A slot no training row offers gets no curvature, so the bias row gets
-    BIAS_RIDGE added in the solve: it only damps that flat direction (whose gradient is exactly 0) and leaves
-    the objective and its optimum unchanged.
-    Stops a problem once its gradient's 2-norm is below `tolerance` (the same norm in (W, b) coordinates:
-    the lift to the original features and B are isometries on the subspace holding the optimum).
-    """
-    n_problems, n_examples, rank = reduced.shape
-    n_slots = valid.shape[1]
-    basis = zero_sum_basis(n_slots)  # (k, k - 1)
-    n_free = n_slots - 1
-    size = n_free * (rank + 1)
-    invalid = ~valid
-    l2 = settings.l2
-    ones = torch.ones(n_problems, n_examples, 1, dtype=torch.float64)
-    augmented = torch.cat([reduced, ones], dim=2)  # (n_problems, n, rank + 1): the last feature is the bias
-    # Diagonal added in the solve, in the system's slot-major order (k - 1, rank + 1): the penalty's own
-    # curvature l2 on the weights, BIAS_RIDGE on the biases.
-    ridge = torch.full((n_free, rank + 1), l2, dtype=torch.float64)
-    ridge[:, rank] = BIAS_RIDGE
-    ridge = ridge.flatten()
-    penalised = torch.ones(rank + 1, 1, dtype=torch.float64)
-    penalised[rank] = 0.0
-
-    def loss_of(x, theta, w):
-        """Per-problem objective and log-probabilities: x (m, n, rank + 1), theta (m, rank + 1, k - 1), w (m, n)."""
-        logits = (x @ (theta @ basis.T)).masked_fill(invalid, float("-inf"))  # (m, n, k)
-        log_probs = torch.log_softmax(logits, dim=-1)
-        cross_entropy = -(log_probs.masked_fill(invalid, 0.0) * gold).sum(-1)  # (m, n)
-        return (cross_entropy * w).sum(1) + l2 / 2 * (theta[:, :rank] ** 2).sum((1, 2)), log_probs
-
-    theta = torch.zeros(n_problems, rank + 1, n_free, dtype=torch.float64)
-    loss, log_probs = loss_of(augmented, theta, weights)
-    active = torch.arange(n_problems)  # problems still above tolerance
-    for _ in range(settings.max_iter):
-        x, w, current = augmented[active], weights[active], theta[active]
-        probs = log_probs[active].exp()  # (m, n, k)
-        residual = (probs - gold) * w[:, :, None]  # dCE/dlogits
-        gradient = x.transpose(1, 2) @ (residual @ basis) + l2 * current * penalised  # (m, rank + 1, k - 1)
-        converged = gradient.flatten(1).norm(dim=1) <= settings.tolerance
-        if converged.all():
-            break
-        if converged.any():  # drop them so the Hessians below are built only for problems still moving
-            keep = ~converged
-            active, x, w, current = active[keep], x[keep], w[keep], current[keep]
-            probs, gradient = probs[keep], gradient[keep]
-        m = active.numel()
-        # Weighted softmax curvature in the free slot directions per example, w B^T (diag(p) - p p^T) B.
-        spread = probs[..., None] * (basis - (probs @ basis)[:, :, None, :])  # (diag(p) - p p^T) B: (m, n, k, k-1)
-        curvature = (basis.T @ spread) * w[:, :, None, None]  # (m, n, k - 1, k - 1)
-        # One batched product per slot pair (symmetric), written straight into the slot-major Hessian.
-        hessian = torch.empty(m, n_free, rank + 1, n_free, rank + 1, dtype=torch.float64)
-        for j in range(n_free):
-            for slot in range(j, n_free):
-                block = x.transpose(1, 2) @ (x * curvature[:, :, j, slot, None])  # (m, rank + 1, rank + 1)
-                hessian[:, j, :, slot] = block
-                hessian[:, slot, :, j] = block
-        hessian = hessian.reshape(m, size, size)
-        hessian.diagonal(dim1=1, dim2=2).add_(ridge)
-        factor, info = torch.linalg.cholesky_ex(hessian)
-        flat_gradient = gradient.transpose(1, 2).reshape(m, size, 1)
-        half = torch.linalg.solve_triangular(factor, flat_gradient, upper=False)
-        direction = -torch.linalg.solve_triangular(factor.transpose(1, 2), half, upper=True)
-        failed = info != 0  # not positive definite in float64 (should not happen): steepest descent instead
-        direction = torch.where(failed[:, None, None], -flat_gradient, direction)
-        direction = direction.reshape(m, n_free, rank + 1).transpose(1, 2)  # (m, rank + 1, k - 1)
-        slope = (gradient * direction).sum((1, 2))
-        step = torch.ones(m, dtype=torch.float64)
-        old_loss = loss[active]
-        for _ in range(40):
-            new_loss, new_log_probs = loss_of(x, current + step[:, None, None] * direction, w)
-            accepted = new_loss <= old_loss + 1e-4 * step * slope
-            if accepted.all():
-                break
-            step = torch.where(accepted, step, step / 2)
-        # A problem whose search failed is at its optimum to float64 resolution: it stays put and stops.
-        theta[active] = torch.where(accepted[:, None, None], current + step[:, None, None] * direction, current)
-        loss[active] = torch.where(accepted, new_loss, old_loss)
-        log_probs[active] = torch.where(accepted[:, None, None], new_log_probs, log_probs[active])
-        active = active[accepted]
-        if active.numel() == 0:
-            break
-    theta = theta @ basis.T  # (n_problems, rank + 1, k)
-    return theta[:, :rank], theta[:, rank]
-
-
-def zero_sum_basis(n_slots: int) -> torch.Tensor:
-    """(n_slots, n_slots - 1) orthonormal columns orthogonal to the all-ones vector (Helmert), float64."""
-    basis = torch.zeros(n_slots, n_slots - 1, dtype=torch.float64)
-    for column in range(n_slots - 1):
-        size = column + 1
-        basis[:size, column] = 1.0
-        basis[size, column] = -size
-        basis[:, column] /= (size * (size + 1)) ** 0.5
-    return basis
+    z = z.reshape(n_fits, n_layers, rank, n_slots)
+    w = features.new_empty(n_fits, n_layers, d_model, n_slots)
+    for fit, lift in enumerate(lifts):
+        coefficients = (lift @ z[fit, :, : lift.shape[2]]).to(features.dtype)
+        if lift.shape[1] == d_model:  # V Z
+            w[fit] = coefficients
+        else:  # x^T (U / S) Z with x = (features[rows] - mean) / std, without rebuilding x
+            rows = train[fit].nonzero()[:, 0]
+            raw = features[:, rows].transpose(1, 2) @ coefficients  # (n_layers, d_model, k)
+            w[fit] = (raw - mean[fit][..., None] * coefficients.sum(1, keepdim=True)) / std[fit][..., None]
+    return {"w": w, "b": b.reshape(n_fits, n_layers, n_slots).to(features.dtype), "mean": mean, "std": std}
 
 
 def preconditioner(probs: torch.Tensor, squares: torch.Tensor, weights: torch.Tensor, l2: float):
