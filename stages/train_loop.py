@@ -237,7 +237,7 @@ def train_steps(
     stream = step_rows(rows.n_labeled, n_transfer, config.labeled_per_step, config.transfer_per_step, seed)
     uses_transfer = spec.soft_labels is not None or hld is not None  # the gold arm skips the transfer rows
     rank, world = accelerator.process_index, accelerator.num_processes
-    progress = tqdm(range(config.steps), desc="train", disable=live is None)
+    progress = tqdm(range(config.steps), desc="train", mininterval=1.0, disable=live is None)
     for step in progress:
         drawn = next(stream)
         batch = drawn.labeled + ([rows.n_labeled + i for i in drawn.transfer] if uses_transfer else [])
@@ -260,7 +260,7 @@ def train_steps(
             continue
         global_terms = dict(zip(names, merged.tolist(), strict=True))
         global_loss = sum(getattr(weights, name) * value for name, value in global_terms.items())
-        progress.set_postfix(loss=f"{global_loss:.4f}")
+        progress.set_postfix(loss=f"{global_loss:.4f}", refresh=False)  # drawn at mininterval
         live.log_metric("train/loss", global_loss)
         for name, value in global_terms.items():
             live.log_metric(f"train/{name}", value)
