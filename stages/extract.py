@@ -175,7 +175,7 @@ def extract_split(split: Split, model_dir: Path, out: Path, prompt: PromptConfig
         "letter_token_ids": letter_ids,
         "position_rule": POSITION_RULE,
     }
-    print_ = fingerprint(determining)
+    store_fingerprint = fingerprint(determining)
     partial = partial_path(out)
     if state.is_main_process:
         log.info(
@@ -187,10 +187,10 @@ def extract_split(split: Split, model_dir: Path, out: Path, prompt: PromptConfig
             config.dtype,
             layout.expected_bytes() / 1e6,
         )
-        group, done = open_partial(partial, layout, print_)
+        group, done = open_partial(partial, layout, store_fingerprint)
     state.wait_for_everyone()  # rank 0 has created or validated the partial store
     if not state.is_main_process:
-        group, done = open_partial(partial, layout, print_)
+        group, done = open_partial(partial, layout, store_fingerprint)
     mine = [s for s in range(layout.n_shards) if s % state.num_processes == state.process_index and s not in done]
 
     gather = LayerGatherer(model, layers, letter_ids)
@@ -199,12 +199,13 @@ def extract_split(split: Split, model_dir: Path, out: Path, prompt: PromptConfig
     writer = ShardWriter(group, layout)
     n_todo = sum(layout.shard_range(s)[1] - layout.shard_range(s)[0] for s in mine)
     progress = tqdm(total=n_todo, unit="ex", desc=f"extract {out.name}", disable=not state.is_main_process)
+    valid = split.valid_mask()  # (n_examples, MAX_CHOICES)
     try:
         for shard in mine:
             start, stop = layout.shard_range(shard)
             hidden, logits = compute_shard(gather, tokens, start, stop, config.batch_size, pad, progress)
             if logits is not None:
-                logits[~split.valid_mask()[start:stop]] = np.nan
+                logits[~valid[start:stop]] = np.nan
             writer.put(shard, to_store_dtype(hidden, config.dtype, split.ids[start:stop], layers), logits)
     finally:
         progress.close()
@@ -222,7 +223,7 @@ def extract_split(split: Split, model_dir: Path, out: Path, prompt: PromptConfig
             "letter_rule": letter_rule,
             "has_option_logits": has_logits,
             "versions": library_versions(),
-            "fingerprint": print_,
+            "fingerprint": store_fingerprint,
         }
         finalize(partial, out, attrs)
         log.info("wrote %s", out)
