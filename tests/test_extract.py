@@ -196,6 +196,26 @@ def test_killed_run_resumes_to_identical_bytes(causal_dir, split_path, tmp_path)
     assert not partial.exists()  # renamed into place
 
 
+def test_device_map_auto_stores_the_same_bytes(causal_dir, split_path, tmp_path, monkeypatch):
+    """extract.device_map (accelerate big-model loading) moves the weights, never the stored values."""
+    import stages.hf_models
+
+    device_maps = []
+
+    def load_and_record(*args, **kwargs):
+        device_maps.append(kwargs["device_map"])
+        return load_model(*args, **kwargs)
+
+    monkeypatch.setattr(stages.hf_models, "load_model", load_and_record)
+    mapped = run(causal_dir, split_path, tmp_path / "mapped.zarr", device_map="auto")
+    plain = run(causal_dir, split_path, tmp_path / "plain.zarr")
+    # On one device transformers infers the map but sets no hf_device_map, so check what extract passed.
+    assert device_maps == ["auto", None]
+    np.testing.assert_array_equal(mapped.group["hidden"][:], plain.group["hidden"][:])
+    np.testing.assert_array_equal(mapped.option_logits(), plain.option_logits())
+    assert tree_bytes(tmp_path / "mapped.zarr") == tree_bytes(tmp_path / "plain.zarr")
+
+
 def test_collate_pads_on_either_side_and_tracks_the_answer(causal_dir):
     tokenizer = load_model(causal_dir)[1]
     tokens = tokenize_prompts(tokenizer, ["Answer:", "A longer prompt here. Answer:"], ["a", "b"])
