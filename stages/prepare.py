@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -26,12 +27,15 @@ from typing import Annotated
 import typer
 
 from stages.atomic import atomic_path
+from stages.benchmark_readers import BENCHMARKS
 from stages.datasets_io import LoadedDataset, load_dataset_splits
 from stages.errors import InputError, exits_cleanly
 from stages.params import load_params, section
 from stages.schema import SPLITS, write_split
 
 log = logging.getLogger(__name__)
+# The dvc.yaml dep of `prepare` for local data: DVC cannot put a param (data.path, null by default) in deps.
+RAW_DIR = Path("data/raw")
 
 
 @dataclass(frozen=True)
@@ -39,9 +43,9 @@ class PrepareConfig:
     """The `data` section of params.yaml."""
 
     dataset: str = "builtin"
-    """builtin | arc_easy | arc_challenge | mmlu | aqua_rat | path to a canonical file or save_to_disk folder."""
+    """builtin | arc_easy | arc_challenge | mmlu | aqua_rat | path (under data/raw/) to a canonical file or folder."""
     path: str | None = None
-    """Local copy of arc_*/mmlu/aqua_rat in its original published format; null loads from the hub."""
+    """Local copy of arc_*/mmlu/aqua_rat in its original published format, under data/raw/; null: the hub."""
     labeled: int = 64
     """Examples with gold answers the student may train on (the limited-data budget)."""
     transfer: int = 1024
@@ -71,6 +75,28 @@ class PrepareConfig:
         if unknown:
             raise InputError(f"params.yaml: unknown key(s) in `data`: {sorted(unknown)}")
         return cls(**data_params)
+
+
+def warn_if_not_a_dep(config: PrepareConfig) -> None:
+    """Local data outside data/raw/ is invisible to `dvc repro`: say so, since editing it reruns nothing."""
+    if config.path is not None:
+        key, source = "data.path", config.path
+    elif config.dataset != "builtin" and config.dataset not in BENCHMARKS:
+        key, source = "data.dataset", config.dataset
+    else:
+        return
+    # abspath, not resolve: judged by the path as written (relative to the repo root dvc runs in).
+    if not Path(os.path.abspath(source)).is_relative_to(os.path.abspath(RAW_DIR)):
+        log.warning(
+            "%s=%s is outside %s/, which is the only local data `prepare` depends on in dvc.yaml: "
+            "changes to it will not rerun `prepare` under `dvc repro`; move or copy it under %s/ "
+            "(or `dvc add` it there) and point %s at it",
+            key,
+            source,
+            RAW_DIR,
+            RAW_DIR,
+            key,
+        )
 
 
 def rank_order(examples: list[dict], seed: int) -> list[dict]:
@@ -117,6 +143,7 @@ def assign_splits(splits: dict[str, list[dict]], config: PrepareConfig, seed: in
 
 def prepare(config: PrepareConfig, seed: int, builtin_task: dict, out_dir: Path) -> dict[str, int]:
     """Load, split, and write the four parquet files into `out_dir` atomically; returns the counts."""
+    warn_if_not_a_dep(config)
     loaded: LoadedDataset = load_dataset_splits(config.dataset, config.path, config.on_invalid, builtin_task, seed)
     prepared, notes = assign_splits(loaded.splits, config, seed)
     for note in notes:  # carving changes what the splits mean: say so loudly

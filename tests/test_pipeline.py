@@ -64,6 +64,8 @@ def repo(tmp_path_factory) -> Path:
     repo = tmp_path_factory.mktemp("pipeline")
     shutil.copytree(ROOT / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    (repo / "data" / "raw").mkdir(parents=True)  # a dep of prepare: its README only, no local datasets
+    shutil.copy(ROOT / "data" / "raw" / "README.md", repo / "data" / "raw" / "README.md")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     merge_existing(params, TINY)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

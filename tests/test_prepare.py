@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +15,7 @@ import pytest
 import yaml
 
 from stages.errors import InputError
-from stages.prepare import PrepareConfig, assign_splits, prepare, rank_order
+from stages.prepare import PrepareConfig, assign_splits, prepare, rank_order, warn_if_not_a_dep
 from stages.schema import SPLITS, read_split
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -169,6 +171,33 @@ def test_builtin_dataset(tmp_path):
     assert prepare(config, 0, task, tmp_path / "out") == {"labeled": 24, "transfer": 48, "val": 24, "test": 32}
     labeled = read_split(tmp_path / "out" / "labeled.parquet")
     assert ((labeled.answers >= 0) & (labeled.answers < labeled.n_choices)).all()
+
+
+def not_a_dep_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "will not rerun `prepare` under `dvc repro`" in r.getMessage()]
+
+
+def test_local_data_outside_data_raw_warns_that_dvc_repro_will_not_see_it(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)  # stands for the repo root, where dvc runs the stage
+    (tmp_path / "data" / "raw").mkdir(parents=True)
+    for folder in (tmp_path, tmp_path / "data" / "raw"):
+        shutil.copy(DATA / "canonical" / "examples.jsonl", folder)
+    outside = tmp_path / "examples.jsonl"
+    sizes = {"labeled": 3, "transfer": 4, "val": 2, "test": 2}
+    caplog.set_level(logging.WARNING, logger="stages.prepare")
+    prepare(PrepareConfig(dataset=str(outside), **sizes), 0, {}, tmp_path / "out")
+    [message] = not_a_dep_warnings(caplog)
+    assert message.startswith(f"data.dataset={outside} is outside data/raw/") and "move or copy it under" in message
+    caplog.clear()
+    for inside in ("data/raw/examples.jsonl", str(tmp_path / "data" / "raw" / "examples.jsonl")):
+        prepare(PrepareConfig(dataset=inside, **sizes), 0, {}, tmp_path / "out")
+    warn_if_not_a_dep(PrepareConfig(dataset="mmlu", path="data/raw/mmlu"))
+    warn_if_not_a_dep(PrepareConfig(dataset="arc_easy"))  # the hub: nothing local
+    warn_if_not_a_dep(PrepareConfig(dataset="builtin"))
+    assert not_a_dep_warnings(caplog) == []
+    warn_if_not_a_dep(PrepareConfig(dataset="mmlu", path="data/raw/../mmlu"))
+    [message] = not_a_dep_warnings(caplog)
+    assert message.startswith("data.path=data/raw/../mmlu is outside data/raw/")
 
 
 # ------------------------------------------------------------------ the CLI
