@@ -53,13 +53,18 @@ def training_stats(features: torch.Tensor, train: torch.Tensor) -> tuple[torch.T
     """Mean and std of each (fold, layer) over its training rows: two (n_fits, n_layers, d_model) tensors.
 
     features: (n_layers, n_examples, d_model); train: (n_fits, n_examples) bool.
-    Centred two-pass variance: LLM hidden states have entries in the thousands, E[x^2] - E[x]^2 cancels.
+    One pass per layer for all fits: moments of the features shifted by the layer's overall mean, so
+    E[c^2] - E[c]^2 does not cancel (LLM hidden states have offsets in the thousands, fold means differ little).
     """
     weights = train.to(features.dtype) / train.sum(dim=1, keepdim=True)  # (n_fits, n_examples)
-    mean = torch.einsum("fn,lnd->fld", weights, features)
-    var = torch.stack(
-        [torch.einsum("n,lnd->ld", w, (features - m[:, None, :]) ** 2) for w, m in zip(weights, mean, strict=True)]
-    )
+    mean = features.new_empty(train.shape[0], *features.shape[::2])
+    var = torch.empty_like(mean)
+    for layer, x in enumerate(features):  # one layer at a time: temporaries stay (n_examples, d_model)
+        shift = x.mean(0)
+        centred = x - shift
+        shifted_mean = weights @ centred  # (n_fits, d_model)
+        mean[:, layer] = shifted_mean + shift
+        var[:, layer] = (weights @ centred.square_() - shifted_mean.square()).clamp_min(0.0)
     return mean, var.sqrt().clamp_min(STD_FLOOR)
 
 
@@ -114,7 +119,7 @@ def fit_probes(
 
 def standardised_rows(features: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, rows: torch.Tensor):
     """(n_layers, n_rows, d_model) training rows of one fit, standardised with that fit's statistics."""
-    return (features[:, rows] - mean[:, None, :]) / std[:, None, :]
+    return features.index_select(1, rows).sub_(mean[:, None, :]).div_(std[:, None, :])  # one copy, in place after
 
 
 def row_space(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -233,8 +238,10 @@ def fit_logistic(
         if lift.shape[1] == d_model:  # V Z
             w[fit] = coefficients
         else:  # x^T (U / S) Z with x = (features[rows] - mean) / std, without rebuilding x
-            rows = train[fit].nonzero()[:, 0]
-            raw = features[:, rows].transpose(1, 2) @ coefficients  # (n_layers, d_model, k)
+            # Coefficients scattered onto all rows (0 on held-out ones): the features are read, not copied.
+            spread = coefficients.new_zeros(n_layers, n_examples, n_slots)
+            spread[:, train[fit]] = coefficients
+            raw = features.transpose(1, 2) @ spread  # (n_layers, d_model, k)
             w[fit] = (raw - mean[fit][..., None] * coefficients.sum(1, keepdim=True)) / std[fit][..., None]
     return {"w": w, "b": b.reshape(n_fits, n_layers, n_slots).to(features.dtype), "mean": mean, "std": std}
 
