@@ -1,8 +1,10 @@
 """Benchmark the batched torch probe (all layers at once) against scikit-learn fitted layer by layer.
 
 Not part of pytest. Same standardised features, same objective (sklearn C = 1 / (n_train * l2)); both
-single-threaded so the ratio is about the algorithm, not core counts. Also times reading each layer from a
-float16 zarr store laid out like `data/hidden/<split>.zarr`, to show where the probe stage spends its time.
+single-threaded by default so the ratio is about the algorithm, not core counts (`--threads` gives torch
+more, as the probe stage uses every core; sklearn's lbfgs fits are too small to gain from BLAS threads).
+Also times reading each layer from a float16 zarr store laid out like `data/hidden/<split>.zarr`, to show
+where the probe stage spends its time. `--anisotropic` makes the features ill-conditioned like real ones.
 
     .venv/bin/python benchmarks/bench_probe.py --n-layers 25 --d-model 1024 --n-train 512
 """
@@ -28,16 +30,32 @@ from stages.hidden_store import HiddenStore
 from stages.probe_fit import FitSettings, fit_probes, fold_masks, predict
 
 
-def synthetic_layers(n_layers: int, n_examples: int, d_model: int, n_slots: int, seed: int):
-    """Hidden states whose answer signal rises then falls with depth, anisotropic noise, large offsets."""
+def synthetic_layers(n_layers: int, n_examples: int, d_model: int, n_slots: int, seed: int, anisotropic: bool = False):
+    """Hidden states whose answer signal rises then falls with depth, large offsets.
+
+    Default noise: independent per dimension with log-normal scales. `anisotropic`: closer to real residual
+    streams, correlated noise with a power-law spectrum (variance ~ 1/i) and a few massive-activation
+    dimensions; ill-conditioned, which is where first-order solvers need many iterations.
+    """
     rng = np.random.default_rng(seed)
     answers = rng.integers(0, n_slots, size=n_examples)
     directions = rng.normal(size=(n_slots, d_model)) / np.sqrt(d_model) * 6
-    scales = np.exp(rng.normal(size=d_model))  # per-dimension noise scale, like real residual streams
     strength = np.sin(np.linspace(0.1, np.pi - 0.1, n_layers))  # peaks in the middle layers
+    if anisotropic:
+        scales = np.ones(d_model)
+        mixing = rng.normal(size=(d_model, d_model)).astype(np.float32) / np.sqrt(d_model)
+        spectrum = (np.arange(1, d_model + 1) ** -0.5 * np.sqrt(d_model) / 4).astype(np.float32)
+        massive = rng.choice(d_model, size=4, replace=False)
+    else:
+        scales = np.exp(rng.normal(size=d_model))  # per-dimension noise scale
     features = np.empty((n_layers, n_examples, d_model), dtype=np.float32)
     for layer in range(n_layers):
-        noise = rng.normal(size=(n_examples, d_model)) * scales + rng.normal(size=d_model) * 20
+        if anisotropic:
+            noise = (rng.normal(size=(n_examples, d_model)).astype(np.float32) * spectrum) @ mixing
+            noise[:, massive] *= 50
+        else:
+            noise = rng.normal(size=(n_examples, d_model)) * scales
+        noise += rng.normal(size=d_model) * 20
         features[layer] = noise + strength[layer] * directions[answers] * scales
     return features, answers
 
@@ -109,12 +127,14 @@ def main() -> None:
     parser.add_argument("--l2", type=float, default=1e-3)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--anisotropic", action="store_true", help="correlated power-law noise, massive dims")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (sklearn's BLAS stays at 1)")
     parser.add_argument("--tolerance", type=float, default=FitSettings.tolerance, help="torch side")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
 
     features, answers = synthetic_layers(
-        args.n_layers, args.n_train + args.n_test, args.d_model, args.n_slots, args.seed
+        args.n_layers, args.n_train + args.n_test, args.d_model, args.n_slots, args.seed, args.anisotropic
     )
     train_x, test_x = features[:, : args.n_train], features[:, args.n_train :]
     train_y, test_y = answers[: args.n_train], answers[args.n_train :]
@@ -129,7 +149,8 @@ def main() -> None:
 
     print(
         f"{args.n_layers} layers, d_model {args.d_model}, {args.n_train} train / {args.n_test} test, "
-        f"{args.n_slots} slots, l2 {args.l2} (sklearn C {1 / (args.n_train * args.l2):.4g}), 1 thread"
+        f"{args.n_slots} slots, l2 {args.l2} (sklearn C {1 / (args.n_train * args.l2):.4g}), "
+        f"{'anisotropic' if args.anisotropic else 'independent'} noise, torch {args.threads} thread(s), sklearn 1"
     )
     print(f"torch tolerance {args.tolerance}; sklearn tol 1e-4 (default) and 1e-8 (optimum)")
     header = f"{'layer':>5} {'torch':>6} {'sk 1e-4':>7} {'sk 1e-8':>7} {'vs 1e-4':>7} {'vs 1e-8':>7} {'agree 1e-8':>10}"
