@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -144,7 +145,8 @@ def test_hld_projection_is_saved_beside_the_student(project: Path, trained: dict
     assert not (project / "data/students/gold/model/hld_projection.safetensors").exists()
 
 
-def test_saved_student_reloads_and_reproduces_its_test_accuracy(project: Path, trained: dict):
+def reloaded_metrics(folder: Path, project: Path) -> dict[str, float]:
+    """Val/test metrics of a saved student loaded back with from_pretrained alone."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -152,16 +154,37 @@ def test_saved_student_reloads_and_reproduces_its_test_accuracy(project: Path, t
     from stages.student_data import encode_split
     from stages.train_eval import final_metrics
 
-    folder = project / "data/students/probe_kd/model"
     model, tokenizer = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
     prompt = PromptConfig.from_params(PARAMS["prompt"])
     evaluation = {
         n: encode_split(read_split(project / f"data/prepared/{n}.parquet"), tokenizer, prompt) for n in ("val", "test")
     }
     letters = torch.tensor(letter_token_ids(tokenizer))
-    metrics = final_metrics(model, evaluation, tokenizer.pad_token_id, letters, batch_size=4)
+    return final_metrics(model, evaluation, tokenizer.pad_token_id, letters, batch_size=4)
+
+
+def test_saved_student_reloads_and_reproduces_its_test_accuracy(project: Path, trained: dict):
+    metrics = reloaded_metrics(project / "data/students/probe_kd/model", project)
     assert metrics["test_acc"] == trained["probe_kd"]["test_acc"]
     assert metrics["test_nll"] == pytest.approx(trained["probe_kd"]["test_nll"], abs=1e-5)
+
+
+def test_lora_student_is_merged_on_save_and_reloads_plainly(project: Path, trained: dict, tmp_path: Path):
+    pytest.importorskip("peft")
+    from safetensors import safe_open
+
+    shutil.copytree(project / "data", tmp_path / "data")
+    params = json.loads(json.dumps(PARAMS))
+    params["train"].update(lora=True, lora_rank=4)
+    metrics = train("probe_kd", tmp_path, params)
+    folder = tmp_path / "data/students/probe_kd/model"
+    with safe_open(str(folder / "model.safetensors"), "pt") as weights:
+        names = list(weights.keys())
+    assert names and not any("lora" in name for name in names)  # adapters merged: a plain checkpoint
+    assert metrics["test_nll"] != trained["probe_kd"]["test_nll"]  # adapters trained, not full fine-tuning
+    reloaded = reloaded_metrics(folder, tmp_path)
+    assert reloaded["test_acc"] == metrics["test_acc"]
+    assert reloaded["test_nll"] == pytest.approx(metrics["test_nll"], abs=1e-5)
 
 
 def test_same_params_twice_gives_identical_metrics(project: Path, trained: dict):
@@ -241,17 +264,12 @@ def test_cli_fails_early_with_exit_2_on_unavailable_teacher_labels(project: Path
     assert not (tmp_path / "data/students/logit_kd").exists()
 
 
-def test_lora_without_peft_is_a_clear_error(project: Path):
-    pytest.importorskip("transformers")
-    try:
-        import peft  # noqa: F401
-    except ImportError:
-        params = json.loads(json.dumps(PARAMS))
-        params["train"]["lora"] = True
-        with pytest.raises(InputError, match="train.lora=true needs peft"):
-            train("gold", project, params)
-    else:
-        pytest.skip("peft is installed; the LoRA path trains instead")
+def test_lora_without_peft_is_a_clear_error(project: Path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "peft", None)  # import peft raises ImportError, installed or not
+    params = json.loads(json.dumps(PARAMS))
+    params["train"]["lora"] = True
+    with pytest.raises(InputError, match="train.lora=true needs peft"):
+        train("gold", project, params)
 
 
 def test_term_scales_make_the_mean_over_shards_the_global_mean():
