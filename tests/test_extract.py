@@ -271,7 +271,6 @@ def test_cli_writes_the_store_and_refuses_bad_params(causal_dir, split_path, tmp
     assert not (tmp_path / "bad.zarr").exists()
 
 
-@pytest.mark.slow
 def test_two_processes_write_the_same_bytes(causal_dir, split_path, tmp_path):
     params = write_params(tmp_path)
     out = tmp_path / "two.zarr"
