@@ -10,7 +10,13 @@ import importlib
 import logging
 import sys
 
-import typer
+try:
+    import typer
+except ModuleNotFoundError as error:  # dvc runs `python` from PATH: usually the environment is not active
+    sys.exit(
+        f"{sys.executable} cannot import {error.name}: run dvc with probekd's environment active "
+        "(`. .venv/bin/activate`), or `pip install -e .` into this python"
+    )
 
 from stages.launch import relaunch_if_requested
 

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 from stages.__main__ import STAGES
 
@@ -25,3 +26,11 @@ def test_each_stage_has_help():
 def test_unknown_stage_fails():
     done = run_cli("no-such-stage")
     assert done.returncode != 0
+
+
+def test_python_without_the_dependencies_says_to_activate_the_environment():
+    # -S: no site-packages, as when dvc finds a system `python` on PATH instead of the environment's.
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-S", "-m", "stages", "prepare"], capture_output=True, text=True, cwd=root)
+    assert done.returncode != 0
+    assert "cannot import typer" in done.stderr and ".venv/bin/activate" in done.stderr
