@@ -30,7 +30,7 @@ from stages.extract_batches import (
     tokenize_prompts,
 )
 from stages.params import load_params, section
-from stages.prompts import MAX_CHOICES, PromptConfig, format_prompt
+from stages.prompts import MAX_CHOICES, PromptConfig, check_prompts_fit, format_prompt
 from stages.schema import Split, read_split
 from stages.store_writer import ShardWriter, StoreLayout, finalize, fingerprint, open_partial, partial_path
 
@@ -160,6 +160,7 @@ def extract_split(split: Split, model_dir: Path, out: Path, prompt: PromptConfig
 
     prompts = [format_prompt(q, c, prompt) for q, c in zip(split.questions, split.choices, strict=True)]
     tokens = tokenize_prompts(tokenizer, prompts, split.ids)
+    check_prompts_fit(tokens.lengths, split.ids, model.config, "teacher")
     d_model = model.config.hidden_size
     layout = StoreLayout(split.n_examples, len(layers), d_model, config.shard_examples, config.dtype, has_logits)
     teacher = {"model": ref.source if not ref.builtin else "builtin", "revision": ref.revision, "kind": ref.kind}

@@ -56,3 +56,20 @@ def format_prompt(question: str, choices: Sequence[str], config: PromptConfig = 
         for letter, text in zip(LETTERS[: len(choices)], choices, strict=True)
     )
     return config.template.format(question=question, options=options)
+
+
+def check_prompts_fit(lengths: Sequence[int], example_ids: Sequence[str], model_config: object, role: str) -> None:
+    """Clear error when a prompt has more tokens than the model has positions.
+
+    Learned position tables (BERT-style encoders) would fail with an index error deep inside the forward, and
+    rotary models would silently read positions they were never trained on.
+    """
+    limit = getattr(model_config, "max_position_embeddings", None)
+    if limit is None or not len(lengths):
+        return
+    longest = max(range(len(lengths)), key=lengths.__getitem__)
+    if lengths[longest] > limit:
+        raise InputError(
+            f"example {example_ids[longest]}: its prompt has {lengths[longest]} {role} tokens, more than the "
+            f"{role}'s {limit} positions (max_position_embeddings); shorten prompt.template or use another {role}"
+        )

@@ -39,6 +39,7 @@ def letter_token_ids(tokenizer: Any, n_letters: int = len(LETTERS)) -> list[int]
 class EncodedSplit:
     """A split's prompts in the student's tokenizer (unpadded) with its gold answers and valid slots."""
 
+    ids: list[str]
     token_ids: list[list[int]]
     answers: np.ndarray  # (n_examples,) int64
     valid: np.ndarray  # (n_examples, MAX_CHOICES) bool
@@ -52,7 +53,7 @@ def encode_split(split: Split, tokenizer: Any, prompt: PromptConfig) -> EncodedS
     """The split's prompts in the student's tokenizer (the same text the teacher read, in other tokens)."""
     texts = [format_prompt(q, c, prompt) for q, c in zip(split.questions, split.choices, strict=True)]
     token_ids = tokenizer(texts, add_special_tokens=True)["input_ids"]
-    return EncodedSplit(token_ids=list(token_ids), answers=split.answers, valid=split.valid_mask())
+    return EncodedSplit(ids=list(split.ids), token_ids=list(token_ids), answers=split.answers, valid=split.valid_mask())
 
 
 def pad_batch(token_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

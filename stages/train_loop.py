@@ -18,7 +18,7 @@ from stages.errors import InputError
 from stages.launch import LAUNCHER_ENV
 from stages.losses import LossWeights, total_loss
 from stages.metrics import summary
-from stages.prompts import MAX_CHOICES, PromptConfig
+from stages.prompts import MAX_CHOICES, PromptConfig, check_prompts_fit
 from stages.schema import read_split
 from stages.student_data import EncodedSplit, encode_split, letter_token_ids, step_rows
 from stages.student_model import add_lora, forward_letters, save_student
@@ -48,6 +48,7 @@ def load_rows(root: Path, spec: ArmConfig, hld: HLDConfig | None, tokenizer: Any
         raise InputError(f"{root / 'data/prepared/labeled.parquet'}: no labeled examples to train on")
     parts = [encode_split(splits[name], tokenizer, prompt) for name in ("labeled", "transfer")]
     encoded = EncodedSplit(
+        ids=parts[0].ids + parts[1].ids,
         token_ids=parts[0].token_ids + parts[1].token_ids,
         answers=np.concatenate([p.answers for p in parts]),
         valid=np.concatenate([p.valid for p in parts]),
@@ -171,10 +172,8 @@ def prepare_run(spec: ArmConfig, hld: HLDConfig | None, config: TrainConfig, par
         name: encode_split(read_split(root / f"data/prepared/{name}.parquet"), tokenizer, prompt)
         for name in ("val", "test")
     }
-    longest = max(len(ids) for part in (rows.encoded, *evaluation.values()) for ids in part.token_ids)
-    limit = getattr(model.config, "max_position_embeddings", None)
-    if limit is not None and longest > limit:
-        raise InputError(f"the longest prompt has {longest} student tokens, more than the student's {limit} positions")
+    for part in (rows.encoded, *evaluation.values()):
+        check_prompts_fit([len(tokens) for tokens in part.token_ids], part.ids, model.config, "student")
     letters = letter_token_ids(tokenizer, MAX_CHOICES)
     precision = config.mixed_precision
     if precision == "auto":

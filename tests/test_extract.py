@@ -143,6 +143,18 @@ def test_float16_overflow_names_layer_and_example():
     assert to_store_dtype(hidden, "float32", ["a", "b"], [0, 5, 7]) is hidden
 
 
+def test_prompt_longer_than_the_teachers_positions_names_the_example(split_path, tmp_path):
+    folder = make_tiny_encoder(tmp_path / "weights", max_positions=12)  # BERT: a 12-row position table
+    resolve(str(folder), revision=None, trust_remote_code=False).save(tmp_path)
+    split = read_split(split_path)
+    prompts = [format_prompt(q, c, PROMPT) for q, c in zip(split.questions, split.choices, strict=True)]
+    lengths = tokenize_prompts(load_model(tmp_path)[1], prompts, split.ids).lengths
+    message = f"example {split.ids[int(np.argmax(lengths))]}: its prompt has {lengths.max()} teacher tokens"
+    with pytest.raises(InputError, match=message + ", more than the teacher's 12 positions"):
+        run(tmp_path, split_path, tmp_path / "out.zarr")
+    assert not (tmp_path / "out.zarr").exists()
+
+
 def test_bad_layer_is_refused():
     with pytest.raises(InputError, match="extract.layers has 9 but the teacher has layers 0..3"):
         ExtractConfig(layers=[9]).resolve_layers(4)

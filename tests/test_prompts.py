@@ -27,3 +27,15 @@ def test_template_must_hold_fields():
         PromptConfig(template="{question} Answer:")
     with pytest.raises(InputError, match="unknown key"):
         PromptConfig.from_params({"template": "{question}{options}", "typo": 1})
+
+
+def test_prompts_longer_than_the_positions_name_the_longest_example():
+    from types import SimpleNamespace
+
+    from stages.prompts import check_prompts_fit
+
+    config = SimpleNamespace(max_position_embeddings=8)
+    check_prompts_fit([3, 8, 5], ["a", "b", "c"], config, "student")  # fits exactly
+    check_prompts_fit([300], ["a"], SimpleNamespace(), "student")  # no limit known: nothing to check
+    with pytest.raises(InputError, match="example c: its prompt has 11 student tokens, more than the student's 8"):
+        check_prompts_fit([3, 9, 11], ["a", "b", "c"], config, "student")

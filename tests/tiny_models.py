@@ -56,7 +56,9 @@ def make_tiny_causal_lm(
     return folder
 
 
-def make_tiny_encoder(folder: Path, *, d_model: int = 32, n_layers: int = 2, seed: int = 0) -> Path:
+def make_tiny_encoder(
+    folder: Path, *, d_model: int = 32, n_layers: int = 2, seed: int = 0, max_positions: int = 512
+) -> Path:
     import torch
     from transformers import BertConfig, BertModel
 
@@ -68,7 +70,7 @@ def make_tiny_encoder(folder: Path, *, d_model: int = 32, n_layers: int = 2, see
         intermediate_size=2 * d_model,
         num_hidden_layers=n_layers,
         num_attention_heads=4,
-        max_position_embeddings=512,
+        max_position_embeddings=max_positions,  # learned position table: longer inputs would index past it
         pad_token_id=tokenizer.pad_token_id,
     )
     BertModel(config).save_pretrained(folder)
