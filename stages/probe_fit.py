@@ -241,7 +241,7 @@ def fit_logistic(
             # Coefficients scattered onto all rows (0 on held-out ones): the features are read, not copied.
             spread = coefficients.new_zeros(n_layers, n_examples, n_slots)
             spread[:, train[fit]] = coefficients
-            raw = torch.bmm(spread.transpose(1, 2), features).transpose(1, 2)  # (n_layers, d_model, k), see below
+            raw = features_transposed_times(features, spread).to(features.dtype)  # (n_layers, d_model, k)
             w[fit] = (raw - mean[fit][..., None] * coefficients.sum(1, keepdim=True)) / std[fit][..., None]
     return {"w": w, "b": b.reshape(n_fits, n_layers, n_slots).to(features.dtype), "mean": mean, "std": std}
 
