@@ -36,20 +36,20 @@ def make_rows(n: int) -> list[dict]:
     return rows
 
 
+def model_stage_dir(root: Path, make, **options) -> Path:
+    """`root` laid out like data/models/<role>: the weights `make` writes, and their resolved reference."""
+    resolve(str(make(root / "weights", **options)), revision=None, trust_remote_code=False).save(root)
+    return root
+
+
 @pytest.fixture(scope="module")
 def causal_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("causal")
-    folder = make_tiny_causal_lm(root / "weights")
-    resolve(str(folder), revision=None, trust_remote_code=False).save(root)
-    return root
+    return model_stage_dir(tmp_path_factory.mktemp("causal"), make_tiny_causal_lm)
 
 
 @pytest.fixture(scope="module")
 def encoder_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("encoder")
-    folder = make_tiny_encoder(root / "weights")
-    resolve(str(folder), revision=None, trust_remote_code=False).save(root)
-    return root
+    return model_stage_dir(tmp_path_factory.mktemp("encoder"), make_tiny_encoder)
 
 
 @pytest.fixture(scope="module")
@@ -144,8 +144,7 @@ def test_float16_overflow_names_layer_and_example():
 
 
 def test_prompt_longer_than_the_teachers_positions_names_the_example(split_path, tmp_path):
-    folder = make_tiny_encoder(tmp_path / "weights", max_positions=12)  # BERT: a 12-row position table
-    resolve(str(folder), revision=None, trust_remote_code=False).save(tmp_path)
+    model_stage_dir(tmp_path, make_tiny_encoder, max_positions=12)  # BERT: a 12-row position table
     split = read_split(split_path)
     prompts = [format_prompt(q, c, PROMPT) for q, c in zip(split.questions, split.choices, strict=True)]
     lengths = tokenize_prompts(load_model(tmp_path)[1], prompts, split.ids).lengths
