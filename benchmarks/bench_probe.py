@@ -159,8 +159,8 @@ def main() -> None:
     )
     sklearn_s, sklearn_pred, _ = fit_sklearn(train_x, train_y, test_x, args.l2, args.folds, 1e-4)
     exact_s, exact_pred, exact_refits = fit_sklearn(train_x, train_y, test_x, args.l2, args.folds, 1e-8)
-    # Where the optimum is flat (n_train << d_model, near-separable), solvers that agree on the objective to
-    # 1e-6 still flip near-tied test predictions: the objective says whether a gap is the solver's fault.
+    # Where the optimum is flat (n_train << d_model, near-separable), solvers that agree on the objective to ~1e-3
+    # relative still flip near-tied test predictions: the objective says whether a gap is the solver's fault.
     objectives = [
         [refit_objective(train_x[layer], train_y, args.l2, *refits[layer]) for refits in (torch_refits, exact_refits)]
         for layer in range(args.n_layers)
