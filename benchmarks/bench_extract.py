@@ -33,8 +33,8 @@ def build(workdir: Path, args: argparse.Namespace) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from stages.hf_models import resolve
-    from stages.schema import write_split
+    from stages.modeling.loading import resolve
+    from stages.sources.schema import write_split
     from tests.tiny_models import make_tokenizer
 
     tokenizer = make_tokenizer()
@@ -71,10 +71,10 @@ def measure(mode: str, workdir: Path, n: int, batch_size: int) -> dict:
     """Runs in a subprocess: wall seconds of the whole job (load, tokenise, forward, write) and peak RSS."""
     import torch
 
-    from stages.extract import ExtractConfig, extract_split
-    from stages.hf_models import load_model
-    from stages.prompts import PromptConfig, format_prompt
-    from stages.schema import read_split
+    from stages.modeling.loading import load_model
+    from stages.sources.prompts import PromptConfig, format_prompt
+    from stages.sources.schema import read_split
+    from stages.store.extraction import ExtractConfig, ExtractSetup, run
 
     torch.set_num_threads(1)
     split = read_split(workdir / f"split{n}.parquet")
@@ -82,9 +82,9 @@ def measure(mode: str, workdir: Path, n: int, batch_size: int) -> dict:
     start = time.perf_counter()
     if mode == "extract":
         config = ExtractConfig(batch_size=batch_size, shard_examples=SHARD_EXAMPLES, device="cpu")
-        extract_split(split, workdir / "teacher", workdir / f"out-{mode}-{n}.zarr", PromptConfig(), config)
+        run(ExtractSetup(PromptConfig(), config), split, workdir / "teacher", workdir / f"out-{mode}-{n}.zarr")
     else:
-        from stages.extract_batches import collate, shard_batches, tokenize_prompts
+        from stages.store.batches import collate, shard_batches, tokenize_prompts
 
         model, tokenizer, _ = load_model(workdir / "teacher", dtype=torch.float32)
         prompts = [format_prompt(q, c) for q, c in zip(split.questions, split.choices, strict=True)]

@@ -26,8 +26,8 @@ import torch
 import zarr
 from sklearn.linear_model import LogisticRegression
 
-from stages.hidden_store import HiddenStore
-from stages.probe_fit import FitSettings, fit_probes, fold_masks, predict
+from stages.probing.fit import FitSettings, fit_probes, fold_masks, predict
+from stages.store.reader import HiddenStore
 
 
 def synthetic_layers(n_layers: int, n_examples: int, d_model: int, n_slots: int, seed: int, anisotropic: bool = False):

@@ -24,9 +24,10 @@ from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from stages.builtin_models import BuiltinModelConfig, train_builtin
-from stages.builtin_world import TaskConfig, dataset_splits
-from stages.prompts import LETTERS, format_prompt
+from stages.core.config import build
+from stages.modeling.builtin import BuiltinModelConfig, train_builtin
+from stages.sources.builtin_world import TaskConfig, dataset_splits
+from stages.sources.prompts import LETTERS, format_prompt
 
 
 def letter_ids(tokenizer, n_choices: int) -> list[int]:
@@ -80,8 +81,8 @@ def main() -> None:
         role, name = key.split(".")
         builtin[role][name] = yaml.safe_load(value)
     seed = params["seed"] if args.seed is None else args.seed
-    task = TaskConfig.from_params(builtin["task"])
-    splits = dataset_splits(builtin["task"], seed)
+    task = build(TaskConfig, builtin["task"], "builtin.task")
+    splits = dataset_splits(task, seed)
     val = splits["val"][: args.n_eval]
     answers = np.array([e["answer"] for e in val])
     results: dict = {"threads": torch.get_num_threads(), "seed": seed, "builtin": builtin}
@@ -89,7 +90,7 @@ def main() -> None:
 
     roles = ["teacher"] if args.skip_student else ["teacher", "student"]
     for role in roles:
-        config = BuiltinModelConfig.from_params(role, builtin[role])
+        config = build(BuiltinModelConfig, builtin[role], f"builtin.{role}")
         with tempfile.TemporaryDirectory() as folder:
             start = time.perf_counter()
             losses = train_builtin(config, task, seed, role, Path(folder))

@@ -18,7 +18,8 @@ except ModuleNotFoundError as error:  # dvc runs `python` from PATH: usually the
         "(`. .venv/bin/activate`), or `pip install -e .` into this python"
     )
 
-from stages.launch import relaunch_if_requested
+from stages.core.config import parameter_help
+from stages.core.launch import relaunch_if_requested
 
 # stage name -> (module, one-line help). Keep in step with dvc.yaml.
 STAGES: dict[str, tuple[str, str]] = {
@@ -49,14 +50,10 @@ def build_app(requested: str | None) -> typer.Typer:
     names = [requested] if requested in STAGES else list(STAGES)
     for name in names:
         module_name, help_text = STAGES[name]
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name != module_name:
-                raise
-            continue  # stage not built yet in this checkout
-        # The command's own docstring is its --help; the table's line is the fallback.
-        app.command(name=name, help=None if module.main.__doc__ else help_text)(module.main)
+        module = importlib.import_module(module_name)
+        # The command's docstring is its --help; the parameters it reads, with their documentation, the epilog.
+        epilog = parameter_help(module.PARAMS)
+        app.command(name=name, help=module.main.__doc__ or help_text, epilog=epilog)(module.main)
     return app
 
 

@@ -1,94 +1,27 @@
-"""Collect every arm's test accuracy, the teacher's and the probe's, and the label quality into one metrics file.
-
-Reads `data/students/<arm>/metrics.json` (written by `train`), `data/probe/metrics.json` (`test_acc` and
-`best_layer` of the probe at the best cross-validated layer; `teacher_test_acc`, the teacher's own letter
-accuracy, absent for an encoder teacher) and `data/labels/quality.json` (any nesting; its numbers are copied
-under `labels_<path>`). Writes `data/summary/metrics.json` (flat keys, so `dvc metrics diff` and
-`dvc exp show` read as a table) and `data/summary/accuracy.csv` (test accuracy per model, a bar chart).
-"""
+"""Collect every arm's test accuracy, the teacher's and the probe's, and the label quality into one flat
+metrics file (`dvc metrics show` / `dvc exp show` read it as a table) and a bar chart of test accuracy."""
 
 from __future__ import annotations
 
-import json
-import logging
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from stages.atomic import atomic_path
-from stages.errors import InputError, exits_cleanly
+from stages.core.config import Section
+from stages.core.errors import exits_cleanly
+from stages.report.summary import SummaryPaths, run
 
-log = logging.getLogger(__name__)
-ARM_KEYS = ("test_acc", "test_nll", "test_ece", "val_acc")
-PROBE_KEYS = {"test_acc": "probe_test_acc", "best_layer": "probe_layer", "teacher_test_acc": "teacher_test_acc"}
-
-
-def flatten(prefix: str, value: Any) -> dict[str, float]:
-    """Numbers of a nested mapping under `prefix_key_subkey` names; lists and strings are skipped."""
-    if isinstance(value, bool):
-        return {prefix: float(value)}
-    if isinstance(value, (int, float)):
-        return {prefix: value}
-    if isinstance(value, dict):
-        return {k: v for key, inner in value.items() for k, v in flatten(f"{prefix}_{key}", inner).items()}
-    return {}
-
-
-def summarize(
-    arm_metrics: dict[str, dict[str, Any]], probe_metrics: dict[str, Any] | None, quality: dict[str, Any] | None
-) -> dict[str, Any]:
-    """Flat summary: `<arm>_test_acc` (and nll, ece, val acc) per arm, teacher and probe accuracy, label quality."""
-    summary: dict[str, Any] = {}
-    for arm, metrics in arm_metrics.items():
-        summary.update({f"{arm}_{key}": metrics[key] for key in ARM_KEYS if key in metrics})
-    for key, name in PROBE_KEYS.items():
-        if probe_metrics and probe_metrics.get(key) is not None:
-            summary[name] = probe_metrics[key]
-    summary.update(flatten("labels", quality or {}))
-    return summary
-
-
-def accuracy_rows(summary: dict[str, Any], arms: list[str]) -> list[tuple[str, float]]:
-    """(model, test accuracy) for the bar chart: each arm, then the probe and the teacher when known."""
-    names = [*arms, "probe", "teacher"]
-    return [(name, summary[f"{name}_test_acc"]) for name in names if f"{name}_test_acc" in summary]
-
-
-def read_json(path: Path, *, required: bool, why: str) -> dict[str, Any] | None:
-    if not path.exists():
-        if required:
-            raise InputError(f"{path}: not found ({why})")
-        log.warning("%s: not found; the summary leaves it out (%s)", path, why)
-        return None
-    try:
-        loaded = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise InputError(f"{path}: not valid JSON ({error})") from error
-    if not isinstance(loaded, dict):
-        raise InputError(f"{path}: expected a JSON object")
-    return loaded
+__all__ = ["PARAMS", "main"]
+PARAMS: list[Section] = []  # reads no params: only other stages' metrics
 
 
 @exits_cleanly
 def main(
-    arms: Annotated[list[str], typer.Argument(help="Arms to collect (data/students/<arm>/metrics.json).")],
-    root: Annotated[Path, typer.Option(help="Project folder holding data/.")] = Path("."),
+    arms: Annotated[list[Path], typer.Argument(help="Each arm's metrics.json (data/students/<arm>/metrics.json).")],
+    probe: Annotated[Path, typer.Option(help="The probe stage's metrics.json.")],
+    labels: Annotated[Path, typer.Option(help="The label stage's quality.json.")],
+    out: Annotated[Path, typer.Option(help="Folder for metrics.json and accuracy.csv (replaced).")],
 ) -> None:
     """Collect every arm's test accuracy, the teacher's and the probe's, and the label quality into one file."""
-    arm_metrics = {}
-    for arm in arms:
-        metrics = read_json(
-            root / f"data/students/{arm}/metrics.json", required=True, why=f"run `dvc repro train@{arm}`"
-        )
-        if "test_acc" not in metrics:
-            raise InputError(f"{root / f'data/students/{arm}/metrics.json'}: no test_acc; rerun train@{arm}")
-        arm_metrics[arm] = metrics
-    probe = read_json(root / "data/probe/metrics.json", required=False, why="run `dvc repro probe`")
-    quality = read_json(root / "data/labels/quality.json", required=False, why="run `dvc repro label`")
-    summary = summarize(arm_metrics, probe, quality)
-    with atomic_path(root / "data/summary", directory=True) as out:
-        (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-        lines = ["model,test_acc", *(f"{name},{acc:.6g}" for name, acc in accuracy_rows(summary, arms))]
-        (out / "accuracy.csv").write_text("\n".join(lines) + "\n")
-    log.info("summary: %s", json.dumps(summary))
+    run(SummaryPaths(arms=list(arms), probe=probe, labels=labels, out=out))

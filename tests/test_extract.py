@@ -10,16 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 import zarr
 
-from stages.errors import InputError
-from stages.extract import ExtractConfig, extract_split, to_store_dtype
-from stages.extract_batches import collate, shard_batches, tokenize_prompts
-from stages.hf_models import load_model, resolve
-from stages.hidden_store import HiddenStore
-from stages.prompts import LETTERS, PromptConfig, format_prompt
-from stages.schema import read_split, write_split
-from stages.store_writer import DONE, partial_path
+from stages.core.errors import InputError
+from stages.modeling.loading import load_model, resolve
+from stages.sources.prompts import LETTERS, PromptConfig, format_prompt
+from stages.sources.schema import read_split, write_split
+from stages.store.batches import collate, shard_batches, tokenize_prompts
+from stages.store.extract_config import ExtractConfig, ExtractSetup
+from stages.store.extraction import run as extract_split
+from stages.store.reader import HiddenStore
+from stages.store.teacher_pass import to_store_dtype
+from stages.store.writer import DONE, partial_path
 from tests.tiny_models import make_tiny_causal_lm, make_tiny_encoder
 
 PROMPT = PromptConfig()
@@ -78,7 +81,7 @@ def reference(model_dir: Path, split_path: Path, letter_ids=None) -> tuple[np.nd
 
 def run(model_dir: Path, split_path: Path, out: Path, **overrides) -> HiddenStore:
     config = ExtractConfig(**{"batch_size": 4, "shard_examples": 4, "device": "cpu", **overrides})
-    extract_split(read_split(split_path), model_dir, out, PROMPT, config)
+    extract_split(ExtractSetup(PROMPT, config), read_split(split_path), model_dir, out)
     return HiddenStore.open(out)
 
 
@@ -90,7 +93,7 @@ def test_causal_states_and_logits_match_plain_forward(causal_dir, split_path, tm
         sides.append(side)
         return collate(tokens, rows, pad_id, padding_side)
 
-    monkeypatch.setattr("stages.extract.collate", collate_on_side)
+    monkeypatch.setattr("stages.store.teacher_pass.collate", collate_on_side)
     store = run(causal_dir, split_path, tmp_path / "h.zarr")
     assert sides  # the patched collate was used
     letter_ids = store.attrs["letter_token_ids"]
@@ -116,7 +119,7 @@ def test_encoder_states_match_and_no_logits(encoder_dir, split_path, tmp_path):
     expected, _ = reference(encoder_dir, split_path)
     assert store.layers == [0, 1] and store.n_teacher_layers == 3
     np.testing.assert_allclose(store.read_layer(1), expected[:, 1], rtol=2e-3, atol=2e-3)
-    np.testing.assert_allclose(store.read_layer(store.slot_of(0)), expected[:, 0], rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(store.read_layer(store.index_of(0, "layer")), expected[:, 0], rtol=2e-3, atol=2e-3)
     assert store.option_logits() is None
     assert store.attrs["has_option_logits"] is False
 
@@ -155,7 +158,9 @@ def test_prompt_longer_than_the_teachers_positions_names_the_example(split_path,
 
 
 def test_bad_layer_is_refused():
-    with pytest.raises(InputError, match="extract.layers has 9 but the teacher has layers 0..3"):
+    with pytest.raises(
+        InputError, match=r"extract.layers=9 but the teacher has layers 0..3 \(or -4..-1 from the last\)"
+    ):
         ExtractConfig(layers=[9]).resolve_layers(4)
     assert ExtractConfig(layers=[-1, 0, 4 - 1]).resolve_layers(4) == [0, 3]
 
@@ -175,11 +180,12 @@ def tree_bytes(folder: Path) -> dict[str, bytes]:
 KILL_SCRIPT = """
 import os, sys
 from pathlib import Path
-import stages.store_writer as writer
-from stages.extract_batches import collate, shard_batches, tokenize_prompts
-from stages.extract import ExtractConfig, extract_split
-from stages.prompts import PromptConfig
-from stages.schema import read_split
+import stages.store.writer as writer
+from stages.store.batches import collate, shard_batches, tokenize_prompts
+from stages.store.extract_config import ExtractConfig, ExtractSetup
+from stages.store.extraction import run
+from stages.sources.prompts import PromptConfig
+from stages.sources.schema import read_split
 
 original = writer.write_shard
 def write_then_die(group, layout, shard, *rest):
@@ -188,10 +194,11 @@ def write_then_die(group, layout, shard, *rest):
     original(group, layout, shard, *rest)
 writer.write_shard = write_then_die
 config = ExtractConfig(batch_size=4, shard_examples=4, device="cpu")
-extract_split(read_split(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), PromptConfig(), config)
+run(ExtractSetup(PromptConfig(), config), read_split(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))
 """
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_bytes(causal_dir, split_path, tmp_path):
     out = tmp_path / "killed.zarr"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -209,7 +216,7 @@ def test_killed_run_resumes_to_identical_bytes(causal_dir, split_path, tmp_path)
 
 def test_device_map_auto_stores_the_same_bytes(causal_dir, split_path, tmp_path, monkeypatch):
     """extract.device_map (accelerate big-model loading) moves the weights, never the stored values."""
-    import stages.hf_models
+    import stages.modeling.loading
 
     device_maps = []
 
@@ -217,7 +224,7 @@ def test_device_map_auto_stores_the_same_bytes(causal_dir, split_path, tmp_path,
         device_maps.append(kwargs["device_map"])
         return load_model(*args, **kwargs)
 
-    monkeypatch.setattr(stages.hf_models, "load_model", load_and_record)
+    monkeypatch.setattr(stages.modeling.loading, "load_model", load_and_record)
     mapped = run(causal_dir, split_path, tmp_path / "mapped.zarr", device_map="auto")
     plain = run(causal_dir, split_path, tmp_path / "plain.zarr")
     # On one device transformers infers the map but sets no hf_device_map, so check what extract passed.
@@ -248,12 +255,13 @@ def test_shard_batches_sort_by_length_inside_the_shard():
     assert [b.tolist() for b in shard_batches(lengths, 4, 6, 8)] == [[5, 4]]
 
 
-def write_params(folder: Path, **extract) -> Path:
-    import yaml
+REPO_PARAMS = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
 
+
+def write_params(folder: Path, **extract) -> Path:
     params = {
         "prompt": {"template": PROMPT.template, "option_format": PROMPT.option_format},
-        "extract": {"batch_size": 4, "shard_examples": 4, "device": "cpu", **extract},
+        "extract": {**REPO_PARAMS["extract"], "batch_size": 4, "shard_examples": 4, "device": "cpu", **extract},
     }
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump(params))
@@ -278,10 +286,13 @@ def test_cli_writes_the_store_and_refuses_bad_params(causal_dir, split_path, tmp
     assert HiddenStore.open(out).shape == (N_EXAMPLES, 4, 32)
     bad = write_params(tmp_path, dtype="int8")
     result = CliRunner().invoke(build_app("extract"), cli(split_path, causal_dir, tmp_path / "bad.zarr", bad))
-    assert result.exit_code == 2 and "extract.dtype must be float16 or float32" in result.output
+    assert (
+        result.exit_code == 2 and "params.yaml: extract.dtype='int8' must be one of float16, float32" in result.output
+    )
     assert not (tmp_path / "bad.zarr").exists()
 
 
+@pytest.mark.slow
 def test_two_processes_write_the_same_bytes(causal_dir, split_path, tmp_path):
     params = write_params(tmp_path)
     out = tmp_path / "two.zarr"
@@ -296,7 +307,7 @@ def test_two_processes_write_the_same_bytes(causal_dir, split_path, tmp_path):
 
 
 def test_encoder_forward_stops_after_the_deepest_requested_block(encoder_dir):
-    from stages.extract_forward import LayerGatherer, decoder_layers
+    from stages.store.forward import LayerGatherer, decoder_layers
 
     model, tokenizer, _ = load_model(encoder_dir, dtype=torch.float32)
     tokens = tokenize_prompts(tokenizer, ["Answer:", "Which is a fruit? Answer:"], ["a", "b"])

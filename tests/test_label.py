@@ -6,12 +6,13 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from stages.errors import InputError
-from stages.label import LabelConfig, label_quality, main, select_layer, teacher_probs
+from stages.core.errors import InputError
+from stages.label import main
 from stages.label import main as label_main
-from stages.labels_io import read_labels, read_metadata
 from stages.probe import main as probe_main
-from stages.schema import read_split
+from stages.probing.label_files import read_labels, read_metadata
+from stages.probing.labeling import label_quality, read_label_config, select_layer, teacher_probs
+from stages.sources.schema import read_split
 from tests.test_probe import INFORMATIVE, N_LAYERS, make_world, write_params
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -30,7 +31,7 @@ def run_pipeline(root, **probe_params):
     common = ["--prepared", str(prepared), "--hidden", str(hidden), "--params-file", str(params)]
     result = CliRunner().invoke(command(probe_main), [*common, "--out", str(root / "probe")])
     assert result.exit_code == 0, result.output
-    args = [*common, "--probe-dir", str(root / "probe"), "--out", str(root / "labels")]
+    args = [*common, "--probe", str(root / "probe"), "--out", str(root / "labels")]
     return CliRunner().invoke(command(label_main), args)
 
 
@@ -58,7 +59,7 @@ def test_auto_layer_and_label_files(labelled):
     assert all(f is None for f, s in zip(table["fold"], table["split"], strict=True) if s == "transfer")
     metadata = read_metadata(labels / "probe.parquet")
     assert metadata["kind"] == "probe" and metadata["layer"] == INFORMATIVE and metadata["temperature"] > 0
-    assert metadata["teacher"] == {"model": "synthetic", "revision": "abc"}
+    assert metadata["teacher"] == {"model": "synthetic", "revision": "abc", "kind": "causal_lm"}
     teacher = read_labels(labels / "teacher.parquet", transfer, "transfer")
     assert np.all(teacher[~transfer.valid_mask()] == 0)
     assert read_metadata(labels / "teacher.parquet")["available"] is True
@@ -147,8 +148,8 @@ def test_select_layer_not_probed():
 
 @pytest.mark.parametrize("layer", ["last", 2.5, True])
 def test_config_rejects_non_integer_layers(layer):
-    with pytest.raises(InputError, match="use auto or an integer"):
-        LabelConfig(layer=layer)
+    with pytest.raises(InputError, match="probe.layer=.* must be auto or an integer"):
+        read_label_config({"probe": {"layer": layer}})
 
 
 def test_teacher_probs_softmax_over_valid_options(labelled):

@@ -1,62 +1,81 @@
+"""The `models <role>` stage command: options, params file, the written folder, clean errors."""
+
+from __future__ import annotations
+
 import json
+from pathlib import Path
 
 import pytest
-import torch
+import yaml
+from typer.testing import CliRunner
 
-from stages.builtin_models import BuiltinModelConfig, build_tokenizer
-from stages.errors import InputError
-from stages.hf_models import load_model
-from stages.models import ModelSourceConfig, write_model
-from stages.prompts import LETTERS
+from stages.__main__ import build_app
 from tests.tiny_models import make_tiny_causal_lm
 
-TASK = {"n_categories": 4, "words_per_category": 4, "n_choices": 4, "n_train": 8, "n_val": 4, "n_test": 4}
-TINY = {"d_model": 16, "n_layers": 1, "n_heads": 2, "vocab_size": 320, "steps": 3, "batch_size": 4}
-BUILTIN = {"task": TASK, "teacher": {**TINY, "mc_fraction": 0.5, "letter_fraction": 0.3}, "student": TINY}
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_tokenizer_letters_single_and_any_utf8_round_trips():
-    tokenizer = build_tokenizer(["zabo is a fruit. kemi is a tool."] * 50, vocab_size=300)
-    for letter in LETTERS:
-        assert len(tokenizer.encode(letter)) == 1 and len(tokenizer.encode(" " + letter)) == 1
-    text = "°C, √2, 日本 — emoji 🙂 and\ttabs"
-    ids = tokenizer.encode(text)
-    assert tokenizer.decode(ids) == text and tokenizer.unk_token_id not in ids
+def write_params(folder: Path, role: str, **source) -> Path:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params[role] = {**params[role], **source}
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
 
 
-def test_local_folder_ref_tracks_weights(tmp_path):
-    folder = make_tiny_causal_lm(tmp_path / "lm")
-    config = ModelSourceConfig("teacher", model=str(folder))
-    first = write_model(config, {}, 0, tmp_path / "models" / "teacher")
-    saved = json.loads((tmp_path / "models" / "teacher" / "model_ref.json").read_text())
+def models(*args: str):
+    return CliRunner().invoke(build_app("models"), ["models", *args])
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no dvc.yaml here: the params file is read directly
+    return tmp_path
+
+
+def test_local_folder_is_pinned_into_the_out_folder(project):
+    folder = make_tiny_causal_lm(project / "lm")
+    params = write_params(project, "teacher", model=str(folder))
+    out = project / "models" / "teacher"
+    done = models("teacher", "--out", str(out), "--params-file", str(params))
+    assert done.exit_code == 0, done.output
+    saved = json.loads((out / "model_ref.json").read_text())
     assert saved["revision"].startswith("sha256:") and saved["source"] == str(folder.resolve())
-    assert sorted(p.name for p in (tmp_path / "models" / "teacher").iterdir()) == ["model_ref.json"]
-    make_tiny_causal_lm(folder, seed=1)
-    assert write_model(config, {}, 0, tmp_path / "models" / "teacher").revision != first.revision
+    assert sorted(p.name for p in out.iterdir()) == ["model_ref.json"]
 
 
-def test_builtin_pretraining_is_reproducible_and_loads(tmp_path):
-    refs, logits = [], []
-    for run in ("a", "b"):
-        model_dir = tmp_path / run / "student"
-        refs.append(write_model(ModelSourceConfig("student"), BUILTIN, 0, model_dir))
-        model, tokenizer, ref = load_model(model_dir)
-        assert ref.builtin and ref.kind == "causal_lm" and (model_dir / "weights" / "model.safetensors").exists()
-        ids = tokenizer("What is zabo?\nA. fruit\nB. tool\nAnswer:", return_tensors="pt").input_ids
-        with torch.no_grad():
-            logits.append(model(ids).logits)
-    assert refs[0].revision == refs[1].revision  # identical weight and tokenizer bytes
-    assert torch.equal(logits[0], logits[1])
-    teacher = write_model(ModelSourceConfig("teacher"), BUILTIN, 0, tmp_path / "teacher")
-    assert teacher.revision != refs[0].revision
-    _, teacher_tokenizer, _ = load_model(tmp_path / "teacher")
-    assert len(teacher_tokenizer) == 320 and len(tokenizer) == 320  # each role trains its own vocabulary
+def test_the_params_file_defaults_to_params_yaml_in_the_working_folder(project):
+    folder = make_tiny_causal_lm(project / "lm")
+    write_params(project, "student", model=str(folder))
+    done = models("student", "--out", "out")
+    assert done.exit_code == 0, done.output
+    assert json.loads((project / "out" / "model_ref.json").read_text())["source"] == str(folder.resolve())
 
 
-def test_bad_model_path_and_params():
-    with pytest.raises(InputError, match=r"teacher.model=/no/such/folder: local folder not found"):
-        ModelSourceConfig("teacher", model="/no/such/folder")
-    with pytest.raises(InputError, match=r"builtin.<role>.d_model=30"):
-        BuiltinModelConfig.from_params("teacher", {**TINY, "d_model": 30, "n_heads": 4})
-    with pytest.raises(InputError, match="unknown key"):
-        BuiltinModelConfig.from_params("student", {**TINY, "depth": 3})
+def test_out_is_required(project):
+    write_params(project, "teacher")
+    done = models("teacher")
+    assert done.exit_code == 2 and "Missing option '--out'" in done.stderr
+
+
+def test_unknown_role_is_a_one_line_error(project):
+    write_params(project, "teacher")
+    done = models("critic", "--out", "out")
+    assert done.exit_code == 2
+    assert done.stderr == "error: role must be one of teacher, student; got 'critic'\n"
+    assert not (project / "out").exists()
+
+
+def test_missing_local_folder_is_a_one_line_error_and_writes_nothing(project):
+    params = write_params(project, "teacher", model="/no/such/folder")
+    done = models("teacher", "--out", str(project / "out"), "--params-file", str(params))
+    assert done.exit_code == 2
+    [line] = done.stderr.splitlines()
+    assert line.startswith("error: params.yaml: teacher.model=/no/such/folder: local folder not found")
+    assert "Traceback" not in done.output and not (project / "out").exists()
+
+
+def test_missing_params_file(project):
+    done = models("teacher", "--out", "out", "--params-file", "elsewhere.yaml")
+    assert done.exit_code == 2
+    assert done.stderr == "error: elsewhere.yaml: parameters file not found (run from the project root)\n"

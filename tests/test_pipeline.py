@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
 
 # Small enough for a few CPU minutes in all; every key must already exist in params.yaml.
 TINY = {

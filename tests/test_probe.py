@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -8,11 +9,13 @@ import zarr
 from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
-from stages.errors import InputError
-from stages.hidden_store import HiddenStore
-from stages.probe import ProbeConfig, assign_folds, fit_all_layers, main, open_inputs
-from stages.probe_fit import FitSettings, cross_fit, predict
-from stages.schema import SPLITS, write_split
+from stages.core.errors import InputError
+from stages.probe import main
+from stages.probing.fit import FitSettings, cross_fit, predict
+from stages.probing.per_layer import ProbeConfig, assign_folds, fit_all_layers, open_inputs, read_probe_config
+from stages.sources.schema import SPLITS, write_split
+from stages.store.reader import HiddenStore
+from tests.synthetic_stores import write_store
 
 SIZES = {"labeled": 120, "transfer": 80, "val": 80, "test": 80}
 INFORMATIVE = 2  # teacher layer whose hidden state carries the answer linearly
@@ -20,21 +23,6 @@ N_LAYERS, D_MODEL = 4, 12
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def write_store(path: Path, ids: list[str], hidden: np.ndarray, option_logits: np.ndarray | None) -> None:
-    """A finished store in the documented layout (see stages/hidden_store.py)."""
-    group = zarr.open_group(str(path), mode="w")
-    group.create_array("hidden", data=hidden.astype(np.float16), chunks=(64, 1, hidden.shape[2]))
-    if option_logits is not None:
-        group.create_array("option_logits", data=option_logits.astype(np.float32))
-    group.attrs.update(
-        example_ids=ids,
-        layers=list(range(hidden.shape[1])),
-        n_teacher_layers=hidden.shape[1],
-        teacher={"model": "synthetic", "revision": "abc"},
-        complete=True,
-    )
 
 
 def make_world(root: Path, *, encoder: bool = False, seed: int = 0, signal: float = 3.0) -> tuple[Path, Path]:
@@ -151,11 +139,19 @@ def test_folds_are_seeded():
 
 @pytest.mark.parametrize(
     ("changes", "message"),
-    [({"kind": "svm"}, "probe.kind='svm'"), ({"l2": 0.0}, "probe.l2=0.0"), ({"folds": 1}, "probe.folds=1")],
+    [
+        ({"kind": "svm"}, "probe.kind='svm' must be one of logistic, mlp"),
+        ({"l2": 0.0}, "probe.l2=0.0 must be > 0"),
+        ({"folds": 1}, "probe.folds=1: cross-fitting needs >= 2"),
+        ({"folds": "5"}, "probe.folds='5' must be an integer"),
+        ({"calibrate": "false"}, "probe.calibrate='false' must be true or false"),
+    ],
 )
 def test_config_errors(changes, message):
-    with pytest.raises(InputError, match=message):
-        ProbeConfig(**changes)
+    params = {"seed": 0, "probe": {"kind": "logistic", "l2": 1e-2, "folds": 4, "calibrate": True, "layer": "auto"}}
+    params["probe"].update(changes)
+    with pytest.raises(InputError, match=re.escape(message)):
+        read_probe_config(params)
 
 
 def test_mlp_kind_finds_the_layer(world):

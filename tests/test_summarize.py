@@ -1,15 +1,13 @@
-"""The summary: one flat metrics file over every arm, the probe, the teacher and the label quality."""
+"""The `summarize` stage command: metrics.json per arm as arguments, --probe, --labels, --out."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
-from stages.errors import InputError
-from stages.summarize import accuracy_rows, flatten, main, summarize
+from stages.__main__ import build_app
 
 ARMS = {"gold": 0.41, "logit_kd": 0.52, "probe_kd": 0.63, "hld": 0.44}
 PROBE = {"best_layer": 3, "layer": 3, "cv_acc": 0.7, "test_acc": 0.71, "teacher_test_acc": 0.55, "test_nll": 0.9}
@@ -17,6 +15,7 @@ QUALITY = {"probe": {"acc": 0.8, "ece": 0.05}, "teacher": {"acc": 0.6, "ece": 0.
 
 
 def write_project(root: Path, probe: dict | None = PROBE, quality: dict | None = QUALITY) -> None:
+    """The layout dvc.yaml uses: data/students/<arm>/metrics.json, data/probe/metrics.json, data/labels/quality.json."""
     for arm, acc in ARMS.items():
         folder = root / f"data/students/{arm}"
         folder.mkdir(parents=True)
@@ -29,17 +28,17 @@ def write_project(root: Path, probe: dict | None = PROBE, quality: dict | None =
         (root / "data/labels/quality.json").write_text(json.dumps(quality))
 
 
-def run(root: Path, *arms: str):
-    import typer
-
-    app = typer.Typer()
-    app.command()(main)
-    return CliRunner().invoke(app, [*arms, "--root", str(root)])
+def summarize(root: Path, *arms: str):
+    metrics = [str(root / f"data/students/{arm}/metrics.json") for arm in arms]
+    options = ["--probe", str(root / "data/probe/metrics.json"), "--labels", str(root / "data/labels/quality.json")]
+    return CliRunner().invoke(
+        build_app("summarize"), ["summarize", *metrics, *options, "--out", str(root / "data/summary")]
+    )
 
 
 def test_summary_is_flat_with_every_model(tmp_path: Path):
     write_project(tmp_path)
-    result = run(tmp_path, *ARMS)
+    result = summarize(tmp_path, *ARMS)
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "data/summary/metrics.json").read_text())
     assert {f"{arm}_test_acc": acc for arm, acc in ARMS.items()}.items() <= summary.items()
@@ -59,28 +58,34 @@ def test_summary_is_flat_with_every_model(tmp_path: Path):
     ]
 
 
-def test_encoder_teacher_and_missing_quality_are_left_out():
-    summary = summarize({"gold": {"test_acc": 0.5}}, {"test_acc": 0.6, "teacher_test_acc": None}, None)
-    assert summary == {"gold_test_acc": 0.5, "probe_test_acc": 0.6}
-    assert accuracy_rows(summary, ["gold"]) == [("gold", 0.5), ("probe", 0.6)]
-
-
-def test_flatten_nested_numbers():
-    assert flatten("labels", {"a": {"b": 1, "c": [1, 2]}, "d": True}) == {"labels_a_b": 1, "labels_d": 1.0}
+def test_missing_probe_and_label_metrics_are_left_out(tmp_path: Path):
+    write_project(tmp_path, probe=None, quality=None)
+    result = summarize(tmp_path, "gold", "hld")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "data/summary/metrics.json").read_text())
+    assert set(summary) == {
+        "gold_test_acc",
+        "gold_test_nll",
+        "gold_val_acc",
+        "hld_test_acc",
+        "hld_test_nll",
+        "hld_val_acc",
+    }
 
 
 def test_missing_arm_metrics_is_a_clear_error(tmp_path: Path):
     write_project(tmp_path)
-    result = run(tmp_path, "gold", "probe_kd_hld")
+    result = summarize(tmp_path, "gold", "probe_kd_hld")
     assert result.exit_code == 2
-    assert "probe_kd_hld/metrics.json: not found (run `dvc repro train@probe_kd_hld`)" in result.output
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: ")
+    assert line.endswith("probe_kd_hld/metrics.json: not found (run `dvc repro train@probe_kd_hld`)")
     assert not (tmp_path / "data/summary").exists()
 
 
-def test_invalid_json_names_the_file(tmp_path: Path):
-    from stages.summarize import read_json
-
-    path = tmp_path / "metrics.json"
-    path.write_text("{not json")
-    with pytest.raises(InputError, match="metrics.json: not valid JSON"):
-        read_json(path, required=True, why="")
+def test_every_path_is_required(tmp_path: Path):
+    app = build_app("summarize")
+    result = CliRunner().invoke(app, ["summarize", "--probe", "p.json", "--labels", "q.json", "--out", "out"])
+    assert result.exit_code == 2 and "Missing argument 'arms'" in result.stderr
+    result = CliRunner().invoke(app, ["summarize", "m.json", "--labels", "q.json", "--out", "out"])
+    assert result.exit_code == 2 and "Missing option '--probe'" in result.stderr

@@ -1,0 +1,27 @@
+"""A batch of probes' forward pass and loss: one logit per option slot, -inf on slots an example lacks."""
+
+from __future__ import annotations
+
+import torch
+
+
+def probe_logits(params: dict[str, torch.Tensor], features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(n_fits, n_layers, n_examples, n_slots) logits, -inf on invalid slots.
+
+    params hold `mean`, `std` (n_fits, n_layers, d_model) and the weights; features (n_layers, n_examples, d_model).
+    Standardisation is folded into the first linear map (W / std and an offset), so features are used as stored.
+    """
+    scaled = params["w"] / params["std"][..., None]  # (n_fits, n_layers, d_model, d_out)
+    offset = params["b"] - torch.einsum("fld,fldo->flo", params["mean"], scaled)  # (n_fits, n_layers, d_out)
+    # One batched matmul per fit keeps `features` shared instead of expanded to n_fits copies.
+    out = torch.stack([torch.bmm(features, s) for s in scaled]) + offset[:, :, None, :]
+    if "w_out" in params:
+        out = torch.nn.functional.gelu(out) @ params["w_out"] + params["b_out"][:, :, None, :]
+    return out.masked_fill(~valid, float("-inf"))
+
+
+def masked_cross_entropy(logits: torch.Tensor, answers: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Per-problem weighted mean CE: logits (n_fits, n_layers, n_examples, n_slots), weights (n_fits, n_examples)."""
+    log_probs = torch.log_softmax(logits, dim=-1)
+    gold = log_probs.gather(-1, answers.expand(*logits.shape[:2], -1)[..., None])[..., 0]  # (fits, layers, examples)
+    return -(gold * weights[:, None, :]).sum(-1)  # (n_fits, n_layers)

@@ -1,0 +1,80 @@
+"""The probe stage's output folder: written at once (atomically), read back by `label`.
+
+- `probs.safetensors`: per-layer probabilities `<split>` (n_layers, n_examples, n_options) for every split
+  (out-of-fold for `labeled`), `labeled_fold`, `layers`, `temperature`; so `label` never refits.
+- `weights.safetensors`: the probes refit on all of `labeled` (standardisation stats included).
+- `metrics.json` (best cross-validated layer, flat), `layers.json` (every layer), `plots/layers.csv`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.numpy import load_file
+from safetensors.torch import save_file
+
+from stages.core.atomic import atomic_path
+from stages.core.errors import InputError
+from stages.core.metrics import best_layer_index
+from stages.sources.schema import Split
+
+PROBS_FILE = "probs.safetensors"
+
+
+@dataclass
+class ProbeResult:
+    layers: list[int]
+    logits: dict[str, torch.Tensor]  # split -> (n_layers, n_examples, n_slots), -inf on invalid slots
+    probs: dict[str, np.ndarray]  # split -> (n_layers, n_examples, n_slots), calibrated when asked
+    labeled_fold: np.ndarray  # (n_labeled,)
+    temperature: np.ndarray  # (n_layers,)
+    weights: dict[str, torch.Tensor]  # refit on all labeled; leading dim n_layers
+    layer_metrics: list[dict] = field(default_factory=list)
+
+
+def write_outputs(out: Path, result: ProbeResult, splits: dict[str, Split], provenance: dict) -> None:
+    """Everything into a temporary folder, renamed to `out` only when complete."""
+    rows = result.layer_metrics
+    best = rows[best_layer_index([row["cv_acc"] for row in rows], result.layers)]
+    metadata = {key: json.dumps(value, sort_keys=True) for key, value in provenance.items()}
+    metadata["example_ids"] = json.dumps({name: split.ids for name, split in splits.items()})
+    with atomic_path(out, directory=True) as temp:
+        temp.mkdir(parents=True, exist_ok=True)
+        layers = torch.tensor(result.layers, dtype=torch.int64)
+        temperature = torch.from_numpy(result.temperature.astype(np.float32))
+        tensors = {name: torch.from_numpy(probs) for name, probs in result.probs.items()}
+        extra = {"labeled_fold": torch.from_numpy(result.labeled_fold), "layers": layers, "temperature": temperature}
+        save_file({**tensors, **extra}, str(temp / PROBS_FILE), metadata=metadata)
+        weights = {name: w.contiguous() for name, w in result.weights.items()}
+        save_file(
+            {**weights, "layers": layers, "temperature": temperature}, str(temp / "weights.safetensors"), metadata
+        )
+        (temp / "metrics.json").write_text(json.dumps({"best_layer": best["layer"], **best}, indent=2) + "\n")
+        (temp / "layers.json").write_text(json.dumps(rows, indent=2) + "\n")
+        (temp / "plots").mkdir()
+        # teacher_acc is the teacher's own letter accuracy on test (a reference line); empty for encoder teachers.
+        lines = ["layer,cv_acc,val_acc,test_acc,teacher_acc"]
+        for row in rows:
+            values = [row["layer"], row["cv_acc"], row["val_acc"], row["test_acc"], row.get("teacher_test_acc", "")]
+            lines.append(",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in values))
+        (temp / "plots" / "layers.csv").write_text("\n".join(lines) + "\n")
+
+
+def read_probe_output(probe_dir: Path, splits: dict[str, Split]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Tensors and metadata of probs.safetensors, checked against the splits the reader holds."""
+    path = probe_dir / PROBS_FILE
+    if not path.exists():
+        raise InputError(f"{path}: probe output not found (run `dvc repro probe` first)")
+    with safe_open(str(path), framework="numpy") as handle:
+        metadata = {key: json.loads(value) for key, value in (handle.metadata() or {}).items()}
+    tensors = load_file(str(path))
+    for name in splits:
+        if metadata.get("example_ids", {}).get(name) != splits[name].ids:
+            raise InputError(f"{path}: {name} example ids differ from the prepared split; rerun `dvc repro probe`")
+    return tensors, metadata

@@ -1,0 +1,74 @@
+"""The multiple-choice prompt every model reads: teacher extraction, teacher labels, every student arm.
+
+One prompt per question: the question, each option on its own line as `A. text`, then `Answer:`.
+Letters go by position (A, B, C, ...) whatever the dataset's own labels were. The answer position is
+the last prompt token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from stages.core.errors import InputError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+LETTERS = string.ascii_uppercase  # 26 option slots at most
+MAX_CHOICES = len(LETTERS)
+DEFAULT_TEMPLATE = "{question}\n{options}\nAnswer:"
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    template: str = DEFAULT_TEMPLATE
+    """Python format string with `{question}` and `{options}`; must end where the answer letter would go."""
+    option_format: str = "{letter}. {text}"
+    """How one option line reads; `{letter}` and `{text}`."""
+
+    def __post_init__(self) -> None:
+        for field in ("{question}", "{options}"):
+            if field not in self.template:
+                raise InputError(f"params.yaml: prompt.template must contain {field}; got {self.template!r}")
+        for field in ("{letter}", "{text}"):
+            if field not in self.option_format:
+                raise InputError(f"params.yaml: prompt.option_format must contain {field}; got {self.option_format!r}")
+
+    @property
+    def digest(self) -> str:
+        """Short hash of everything that changes the prompt text (recorded in artifacts)."""
+        payload = f"{self.template}\x00{self.option_format}".encode()
+        return hashlib.sha256(payload).hexdigest()[:16]
+
+
+def format_prompt(question: str, choices: Sequence[str], config: PromptConfig = PromptConfig()) -> str:
+    if not 2 <= len(choices) <= MAX_CHOICES:
+        raise InputError(f"a question needs 2..{MAX_CHOICES} choices, got {len(choices)}")
+    options = "\n".join(
+        config.option_format.format(letter=letter, text=text)
+        for letter, text in zip(LETTERS[: len(choices)], choices, strict=True)
+    )
+    return config.template.format(question=question, options=options)
+
+
+def check_prompts_fit(
+    lengths: Sequence[int] | np.ndarray, example_ids: Sequence[str], model_config: object, role: str
+) -> None:
+    """Clear error when a prompt has more tokens than the model has positions.
+
+    Learned position tables (BERT-style encoders) would fail with an index error deep inside the forward, and
+    rotary models would silently read positions they were never trained on.
+    """
+    limit = getattr(model_config, "max_position_embeddings", None)
+    if limit is None or not len(lengths):
+        return
+    longest = max(range(len(lengths)), key=lengths.__getitem__)
+    if lengths[longest] > limit:
+        raise InputError(
+            f"example {example_ids[longest]}: its prompt has {lengths[longest]} {role} tokens, more than the "
+            f"{role}'s {limit} positions (max_position_embeddings); shorten prompt.template or use another {role}"
+        )

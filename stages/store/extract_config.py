@@ -1,0 +1,61 @@
+"""The `extract` section of params.yaml: what `extract@<split>` reads, checked."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from stages.core.config import Section, build
+from stages.core.errors import InputError
+from stages.core.layers import resolve_layer
+from stages.core.params import section
+from stages.sources.prompts import PromptConfig
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """The `extract` section of params.yaml."""
+
+    layers: Literal["all"] | list[int] = "all"
+    """all, or teacher layer indices (0 = embedding output, i = block i; negative from the last)."""
+    batch_size: int = 64
+    """Prompts per forward pass (batches are length-bucketed inside each shard)."""
+    shard_examples: int = 256
+    """Examples per zarr shard: one file per shard and the unit of resume and of data parallelism."""
+    dtype: Literal["float16", "float32"] = "float16"
+    """Store dtype: float16 (half the disk; out-of-range values are an error) or float32."""
+    device: str = "auto"
+    """auto (cuda when available) | cpu | cuda | cuda:N."""
+    device_map: str | None = None
+    """e.g. auto: spread a teacher too big for one GPU over all GPUs (accelerate big-model inference)."""
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "shard_examples"):
+            if getattr(self, name) < 1:
+                raise InputError(f"params.yaml: extract.{name}={getattr(self, name)} must be >= 1")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise InputError(f"params.yaml: extract.device={self.device!r} must be auto, cpu, cuda or cuda:N")
+
+    def resolve_layers(self, n_teacher_layers: int) -> list[int]:
+        """Sorted, distinct teacher layer indices in 0..n_teacher_layers-1."""
+        if self.layers == "all":
+            return list(range(n_teacher_layers))
+        return sorted({resolve_layer(layer, n_teacher_layers, "extract.layers") for layer in self.layers})
+
+
+@dataclass(frozen=True)
+class ExtractSetup:
+    """Everything `extract@<split>` reads from params.yaml, checked."""
+
+    prompt: PromptConfig
+    extract: ExtractConfig
+
+
+PARAMS = [Section("prompt", PromptConfig), Section("extract", ExtractConfig)]
+
+
+def read_extract_setup(params: dict[str, Any]) -> ExtractSetup:
+    return ExtractSetup(
+        prompt=build(PromptConfig, section(params, "prompt"), "prompt"),
+        extract=build(ExtractConfig, section(params, "extract"), "extract"),
+    )

@@ -1,0 +1,110 @@
+"""`extract@<split>`: one forward pass of the frozen teacher per prompt, the answer position of every
+requested layer into a resumable zarr store (layout in stages/store/reader.py, writing in writer.py).
+
+Data-parallel under `accelerate launch` / `torchrun`: process r computes shards r, r + world, ...; rank 0
+creates and finalises the store. Batches never cross a shard, so values do not depend on the process count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from stages.core.errors import InputError
+from stages.sources.prompts import PromptConfig, check_prompts_fit, format_prompt
+from stages.sources.schema import Split
+from stages.store.batches import POSITION_RULE, tokenize_prompts
+from stages.store.extract_config import ExtractConfig, ExtractSetup
+from stages.store.teacher_pass import Teacher, load_teacher, write_shards
+from stages.store.writer import StoreLayout, finalize, fingerprint, open_partial, partial_path
+
+log = logging.getLogger(__name__)
+
+
+def library_versions() -> dict[str, str]:
+    return {name: importlib.metadata.version(name) for name in ("torch", "transformers", "zarr", "numpy")}
+
+
+def determining_values(split: Split, teacher: Teacher, prompt: PromptConfig, config: ExtractConfig) -> dict[str, Any]:
+    """Everything that determines the stored values: the store's fingerprint is their hash."""
+    return {
+        "teacher": teacher.describe(),
+        "prompt_digest": prompt.digest,
+        "example_ids_sha256": hashlib.sha256("\x00".join(split.ids).encode()).hexdigest(),
+        "layers": teacher.layers,
+        "dtype": config.dtype,
+        "shard_examples": config.shard_examples,
+        "batch_size": config.batch_size,  # batch composition changes float rounding
+        "compute": f"{teacher.device.type}:{teacher.compute_dtype}",
+        "letter_token_ids": teacher.letter_ids,
+        "position_rule": POSITION_RULE,
+    }
+
+
+def open_store(out: Path, layout: StoreLayout, store_fingerprint: str, state: Any) -> tuple[Any, set[int]]:
+    """(partial group, finished shards): rank 0 creates or validates `<out>.partial` before the others open it."""
+    partial = partial_path(out)
+    if state.is_main_process:
+        log.info(
+            "%s: %d examples x %d layers x %d d_model (%s) -> about %.1f MB on disk",
+            out, layout.n_examples, layout.n_layers, layout.d_model, layout.dtype, layout.expected_bytes() / 1e6,
+        )  # fmt: skip
+        opened = open_partial(partial, layout, store_fingerprint)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        opened = open_partial(partial, layout, store_fingerprint)
+    return opened
+
+
+def store_attributes(
+    determining: dict[str, Any], split: Split, teacher: Teacher, prompt: PromptConfig, store_fingerprint: str
+) -> dict[str, Any]:
+    """The finished store's self-description (see stages/store/reader.py)."""
+    return {
+        **determining,
+        "example_ids": list(split.ids),
+        "n_examples": split.n_examples,
+        "n_teacher_layers": teacher.n_layers,
+        "d_model": teacher.model.config.hidden_size,
+        "prompt": {"template": prompt.template, "option_format": prompt.option_format, "digest": prompt.digest},
+        "letter_rule": teacher.letter_rule,
+        "has_option_logits": teacher.letter_ids is not None,
+        "versions": library_versions(),
+        "fingerprint": store_fingerprint,
+    }
+
+
+def run(setup: ExtractSetup, split: Split, teacher_dir: Path, out: Path) -> None:
+    """Compute and write the whole store for one split (resuming `<out>.partial` when it matches)."""
+    import torch
+    from accelerate import PartialState
+
+    config, prompt = setup.extract, setup.prompt
+    # Without cpu=True accelerate ignores torchrun's environment on a machine without GPUs.
+    state = PartialState(cpu=config.device == "cpu" or not torch.cuda.is_available())
+    if state.num_processes != int(os.environ.get("WORLD_SIZE", 1)):
+        raise InputError(f"launched with WORLD_SIZE={os.environ['WORLD_SIZE']} but accelerate sees one process")
+    teacher = load_teacher(teacher_dir, config, state, int(split.n_choices.max()))
+    prompts = [format_prompt(q, c, prompt) for q, c in zip(split.questions, split.choices, strict=True)]
+    tokens = tokenize_prompts(teacher.tokenizer, prompts, split.ids)
+    check_prompts_fit(tokens.lengths, split.ids, teacher.model.config, "teacher")
+    layout = StoreLayout(split.n_examples, len(teacher.layers), teacher.model.config.hidden_size,
+                         config.shard_examples, config.dtype, teacher.letter_ids is not None)  # fmt: skip
+    determining = determining_values(split, teacher, prompt, config)
+    store_fingerprint = fingerprint(determining)
+    group, done = open_store(out, layout, store_fingerprint, state)
+    mine = [s for s in range(layout.n_shards) if s % state.num_processes == state.process_index and s not in done]
+    n_todo = sum(layout.shard_range(s)[1] - layout.shard_range(s)[0] for s in mine)
+    progress = tqdm(total=n_todo, unit="ex", desc=f"extract {out.name}", disable=not state.is_main_process)
+    write_shards(teacher, tokens, split, group, layout, mine, config, progress)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        finalize(partial_path(out), out, store_attributes(determining, split, teacher, prompt, store_fingerprint))
+        log.info("wrote %s", out)
+    state.wait_for_everyone()

@@ -1,0 +1,100 @@
+"""Reading the teacher's cached hidden states: the contract between `extract` and everything after it.
+
+A store is a zarr v3 group `data/hidden/<split>.zarr`:
+- array `hidden`: (n_examples, n_layers, d_model), float16 by default; chunks (shard_examples, 1, d_model)
+  so one layer of many examples is one contiguous read, grouped into shards of whole example blocks.
+- array `option_logits` (only when the teacher has an LM head): (n_examples, MAX_CHOICES) float32, the
+  teacher's next-token logits on the option letters at the answer position, NaN beyond an example's choices.
+- attributes: `example_ids` (store order = the split's parquet order), `layers` (teacher layer index of each
+  store position; 0 is the embedding output, i is block i's output), `complete` (written last: the marker),
+  and the provenance (teacher, prompt, dtype, versions, ...).
+- the answer position (`position_rule: last_non_special`) is the last prompt token that is not a special
+  token: prompts are tokenised with the teacher's special tokens (BOS, [CLS] ... [SEP]) and an appended
+  [SEP]/EOS is skipped. Option logits use the letter tokens in `letter_token_ids` (`letter_rule`: `space`
+  for ` A`, `bare` for `A`). Written by stages/store/extraction.py (see batches.py, writer.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from stages.core.errors import InputError
+from stages.core.layers import resolve_layer
+
+HIDDEN = "hidden"
+OPTION_LOGITS = "option_logits"
+COMPLETE = "complete"
+
+
+@dataclass
+class HiddenStore:
+    path: Path
+    group: Any
+
+    @classmethod
+    def open(cls, path: str | Path) -> HiddenStore:
+        path = Path(path)
+        if not path.exists():
+            raise InputError(f"{path}: hidden-state store not found (run `dvc repro extract` first)")
+        group = zarr.open_group(str(path), mode="r")
+        if not group.attrs.get(COMPLETE, False):
+            raise InputError(f"{path}: hidden-state store is unfinished (extraction was interrupted); rerun extract")
+        return cls(path=path, group=group)
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self.group.attrs)
+
+    @property
+    def example_ids(self) -> list[str]:
+        return list(self.group.attrs["example_ids"])
+
+    @property
+    def layers(self) -> list[int]:
+        """Teacher layer index held at each store position (0 = embedding output)."""
+        return list(self.group.attrs["layers"])
+
+    @property
+    def n_teacher_layers(self) -> int:
+        """Number of hidden-state layers the teacher has (embedding output included)."""
+        return int(self.group.attrs["n_teacher_layers"])
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        n_examples, n_layers, d_model = self.group[HIDDEN].shape
+        return int(n_examples), int(n_layers), int(d_model)
+
+    def index_of(self, layer: int | str, param: str) -> int:
+        """Position in the store of the teacher layer that param `param` names (the rule of core/layers.py)."""
+        resolved = resolve_layer(layer, self.n_teacher_layers, param)
+        if resolved not in self.layers:
+            raise InputError(
+                f"{param}={layer} (teacher layer {resolved}) is not in {self.path}, which holds teacher layers "
+                f"{self.layers}; add it to extract.layers"
+            )
+        return self.layers.index(resolved)
+
+    def read_layer(self, index: int) -> np.ndarray:
+        """(n_examples, d_model) float32 of the layer at store position `index`: one contiguous read per shard."""
+        return np.asarray(self.group[HIDDEN][:, index, :], dtype=np.float32)
+
+    def option_logits(self) -> np.ndarray | None:
+        """(n_examples, MAX_CHOICES) float32 with NaN beyond each example's choices, or None (no LM head)."""
+        if OPTION_LOGITS not in self.group:
+            return None
+        return np.asarray(self.group[OPTION_LOGITS][:], dtype=np.float32)
+
+    def require_option_logits(self, why: str) -> np.ndarray:
+        logits = self.option_logits()
+        if logits is None:
+            teacher = self.group.attrs.get("teacher", {})
+            raise InputError(
+                f"{why} needs the teacher's option-letter logits, but {self.path} has none: teacher "
+                f"{teacher.get('model', '?')} has no LM head (encoder-only). Use an arm that does not need them."
+            )
+        return logits

@@ -1,0 +1,52 @@
+"""Train one arm and write its folder: model/, metrics.json, live/, calibration.csv, confusion.csv.
+
+The folder is built in a temporary sibling and renamed into place when complete (main process only), so DVC
+never sees half an arm.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from stages.core.atomic import atomic_path
+from stages.student.config import TrainPaths, TrainSetup
+from stages.student.evaluation import final_metrics, write_plots
+from stages.student.loop import train_steps
+from stages.student.model import save_student
+from stages.student.setup import Run, prepare_run
+
+
+def run_arm(setup: TrainSetup, paths: TrainPaths) -> dict[str, float]:
+    """Train the arm and write `paths.out` atomically (main process only); returns its final metrics.
+
+    Under a launcher every process returns the main process's metrics, once the arm folder is in place.
+    """
+    from accelerate.utils import broadcast_object_list
+
+    run = prepare_run(setup, paths)
+    metrics = None
+    if not run.accelerator.is_main_process:
+        train_steps(run, setup, live=None)
+        return broadcast_object_list([metrics])[0]  # waits for the main process to finish writing
+    with atomic_path(paths.out, directory=True) as out:
+        metrics = train_and_write(run, setup, out)
+    return broadcast_object_list([metrics])[0]
+
+
+def train_and_write(run: Run, setup: TrainSetup, out: Path) -> dict[str, float]:
+    """Main process: train with the learning curves in `out`/live, then write everything else into `out`."""
+    from dvclive import Live
+
+    # DVCLive writes into its folder while training: it lives inside the temporary arm folder, renamed at the end.
+    live = Live(dir=str(out / "live"), save_dvc_exp=False, dvcyaml=False)
+    live.step = 1  # the curves' step = optimiser steps completed
+    train_steps(run, setup, live)
+    live.end()
+    student = run.accelerator.unwrap_model(run.modules.model)
+    readout, batch_size = run.context.readout, setup.train.batch_size
+    metrics = final_metrics(student, run.evaluation, readout, batch_size)
+    save_student(run.accelerator, run.modules, readout.tokenizer, out, setup.describe())
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    write_plots(out, student, run.evaluation["test"], readout, batch_size)
+    return metrics

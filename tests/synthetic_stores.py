@@ -1,0 +1,42 @@
+"""Hidden-state stores for tests, written through the real writer (stages/store/writer.py), so tests of the
+stages after `extract` read exactly the layout extraction produces."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from stages.store.writer import StoreLayout, finalize, fingerprint, open_partial, partial_path, write_shard
+
+
+def write_store(
+    path: Path,
+    ids: list[str],
+    hidden: np.ndarray,
+    option_logits: np.ndarray | None,
+    *,
+    layers: list[int] | None = None,
+    n_teacher_layers: int | None = None,
+    shard_examples: int = 64,
+) -> None:
+    """A finished store of `hidden` (n_examples, n_layers, d_model) and, unless None, the option logits."""
+    n_examples, n_layers, d_model = hidden.shape
+    layout = StoreLayout(n_examples, n_layers, d_model, shard_examples, "float16", option_logits is not None)
+    layers = list(range(n_layers)) if layers is None else layers
+    attrs = {
+        "example_ids": list(ids),
+        "layers": layers,
+        "n_teacher_layers": n_teacher_layers or n_layers,
+        "teacher": {
+            "model": "synthetic",
+            "revision": "abc",
+            "kind": "causal_lm" if option_logits is not None else "encoder",
+        },
+    }
+    group, _ = open_partial(partial_path(path), layout, fingerprint(attrs))
+    for shard in range(layout.n_shards):
+        start, stop = layout.shard_range(shard)
+        logits = None if option_logits is None else option_logits[start:stop].astype(np.float32)
+        write_shard(group, layout, shard, hidden[start:stop].astype(np.float16), logits)
+    finalize(partial_path(path), path, attrs)
