@@ -8,7 +8,6 @@ on ARC or MMLU. Training is deterministic on CPU for a given torch version and t
 from __future__ import annotations
 
 import logging
-import math
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -114,33 +113,26 @@ def build_model(config: BuiltinModelConfig, tokenizer):
     return LlamaForCausalLM(llama)
 
 
-def learning_rate(step: int, config: BuiltinModelConfig) -> float:
-    warmup = max(1, config.steps // 20)
-    if step < warmup:
-        return config.lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, config.steps - warmup)
-    return config.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def pretrain(model, tokenizer, world: World, config: BuiltinModelConfig, rng: random.Random) -> list[float]:
     """Next-token training on fresh documents each step; returns the per-step losses."""
     import torch
     from tqdm import tqdm
+    from transformers import get_cosine_schedule_with_warmup
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    scheduler = get_cosine_schedule_with_warmup(optimizer, max(1, config.steps // 20), config.steps)
     losses = []
     model.train()
-    for step in tqdm(range(config.steps), desc="pretrain", mininterval=5, leave=False):
+    for _ in tqdm(range(config.steps), desc="pretrain", mininterval=5, leave=False):
         texts = [sample_document(world, config.mix, rng) + EOS for _ in range(config.batch_size)]
         batch = tokenizer(texts, return_tensors="pt", padding=True)  # (batch, tokens)
         labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, config)
         loss = model(**batch, labels=labels).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        scheduler.step()
         losses.append(loss.item())
     model.eval()
     return losses
