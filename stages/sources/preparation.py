@@ -7,46 +7,19 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from stages.core.atomic import atomic_path
 from stages.core.config import SEED, Section, build, read_seed
-from stages.core.errors import InputError
 from stages.core.params import section
 from stages.sources.benchmarks import BENCHMARKS
 from stages.sources.builtin_world import TaskConfig
+from stages.sources.data_config import PrepareConfig
 from stages.sources.loading import LoadedDataset, load_dataset_splits
 from stages.sources.schema import SPLITS, write_split
 from stages.sources.splits import assign_splits
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PrepareConfig:
-    """The `data` section of params.yaml."""
-
-    dataset: str = "builtin"
-    """builtin | arc_easy | arc_challenge | mmlu | aqua_rat | path (under data/raw/) to a canonical file or folder."""
-    path: str | None = None
-    """Local copy of arc_*/mmlu/aqua_rat in its original published format, under data/raw/; null: the hub."""
-    labeled: int = 64
-    """Examples with gold answers the student may train on (the limited-data budget)."""
-    transfer: int = 1024
-    """Further training examples, labeled only by the teacher / probe (gold kept for diagnostics)."""
-    val: int = 256
-    """At most this many validation examples."""
-    test: int = 512
-    """At most this many test examples."""
-    on_invalid: Literal["error", "skip"] = "error"
-    """error | skip: skipping drops bad rows and reports how many per file."""
-
-    def __post_init__(self) -> None:
-        if not self.dataset.strip():
-            raise InputError("params.yaml: data.dataset is empty; give builtin, a benchmark name or a path")
-        for name, minimum in (("labeled", 1), ("transfer", 0), ("val", 1), ("test", 1)):
-            if getattr(self, name) < minimum:
-                raise InputError(f"params.yaml: data.{name}={getattr(self, name)} must be >= {minimum}")
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,9 @@ example's place never depends on how big its pool is, so a sweep over `data.labe
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING
 
 from stages.core.errors import InputError
-
-if TYPE_CHECKING:
-    from stages.sources.preparation import PrepareConfig
+from stages.sources.data_config import PrepareConfig
 
 
 def rank_order(examples: list[dict], seed: int) -> list[dict]:

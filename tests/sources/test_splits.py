@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from stages.core.errors import InputError
-from stages.sources.preparation import PrepareConfig
+from stages.sources.data_config import PrepareConfig
 from stages.sources.schema import SPLITS
 from stages.sources.splits import assign_splits, rank_order
 
