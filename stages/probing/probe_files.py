@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 from stages.core.atomic import atomic_path
 from stages.core.errors import InputError
 from stages.core.metrics import best_layer_index
+from stages.core.plot_data import write_csv
 from stages.sources.schema import Split
 
 PROBS_FILE = "probs.safetensors"
@@ -59,11 +60,9 @@ def write_outputs(out: Path, result: ProbeResult, splits: dict[str, Split], prov
         (temp / "layers.json").write_text(json.dumps(rows, indent=2) + "\n")
         (temp / "plots").mkdir()
         # teacher_acc is the teacher's own letter accuracy on test (a reference line); empty for encoder teachers.
-        lines = ["layer,cv_acc,val_acc,test_acc,teacher_acc"]
-        for row in rows:
-            values = [row["layer"], row["cv_acc"], row["val_acc"], row["test_acc"], row.get("teacher_test_acc", "")]
-            lines.append(",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in values))
-        (temp / "plots" / "layers.csv").write_text("\n".join(lines) + "\n")
+        columns = ["layer", "cv_acc", "val_acc", "test_acc", "teacher_test_acc"]
+        values = ([row.get(column, "") for column in columns] for row in rows)
+        write_csv(temp / "plots" / "layers.csv", ["layer", "cv_acc", "val_acc", "test_acc", "teacher_acc"], values)
 
 
 def read_probe_output(probe_dir: Path, splits: dict[str, Split]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -17,6 +17,7 @@ from typing import Any
 
 from stages.core.atomic import atomic_path
 from stages.core.errors import InputError
+from stages.core.plot_data import write_csv
 
 log = logging.getLogger(__name__)
 ARM_KEYS = ("test_acc", "test_nll", "test_ece", "val_acc")
@@ -95,7 +96,6 @@ def run(paths: SummaryPaths) -> dict[str, Any]:
     summary = summarize(arm_metrics, probe, quality)
     with atomic_path(paths.out, directory=True) as out:
         (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-        lines = ["model,test_acc", *(f"{name},{acc:.6g}" for name, acc in accuracy_rows(summary, list(arm_metrics)))]
-        (out / "accuracy.csv").write_text("\n".join(lines) + "\n")
+        write_csv(out / "accuracy.csv", ["model", "test_acc"], accuracy_rows(summary, list(arm_metrics)))
     log.info("summary: %s", json.dumps(summary))
     return summary

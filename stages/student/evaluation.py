@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +9,7 @@ import numpy as np
 import torch
 
 from stages.core.metrics import confidence_bins, masked_softmax, summary
+from stages.core.plot_data import write_csv
 from stages.sources.prompts import LETTERS
 from stages.student.data import EncodedSplit
 from stages.student.model import LetterReadout, forward_letters
@@ -47,20 +46,10 @@ def final_metrics(
     return metrics
 
 
-def write_csv(path: Path, header: list[str], rows: Iterable[list[Any]]) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-
-
 def write_plots(out: Path, model: Any, test: EncodedSplit, readout: LetterReadout, batch_size: int) -> None:
     """calibration.csv (confidence bin -> accuracy) and confusion.csv (gold letter, predicted letter) on test."""
     probs = evaluate(model, test, readout, batch_size)
-    calibration = [
-        [f"{b.confidence:.6f}", f"{b.accuracy:.6f}", b.count]
-        for b in confidence_bins(probs, test.answers, CALIBRATION_BINS)
-    ]
+    calibration = [[b.confidence, b.accuracy, b.count] for b in confidence_bins(probs, test.answers, CALIBRATION_BINS)]
     write_csv(out / "calibration.csv", ["confidence", "accuracy", "n_examples"], calibration)
     confusion = ([LETTERS[a], LETTERS[p]] for a, p in zip(test.answers, probs.argmax(-1), strict=True))
     write_csv(out / "confusion.csv", ["actual", "predicted"], confusion)
