@@ -7,76 +7,19 @@ and the summary, and nothing else; `dvc metrics diff` then shows the changed num
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.pipeline_repo import ROOT, TINY, dvc, dvc_json, make_tiny_repo, run
+
 pytestmark = pytest.mark.slow
-
-# Small enough for a few CPU minutes in all; every key must already exist in params.yaml.
-TINY = {
-    "data": {"labeled": 24, "transfer": 48, "val": 24, "test": 32},
-    "builtin": {
-        "task": {"n_train": 96, "n_val": 24, "n_test": 32},
-        "teacher": {"steps": 60},
-        "student": {"steps": 20},
-    },
-    "extract": {"batch_size": 16, "shard_examples": 16},
-    "probe": {"folds": 3},
-    "train": {"steps": 6, "batch_size": 8, "eval_every": 3},
-}
-
-
-def merge_existing(params: dict, overrides: dict, path: str = "") -> None:
-    for key, value in overrides.items():
-        assert key in params, f"test override {path}{key} is not a key of params.yaml"
-        if isinstance(value, dict):
-            merge_existing(params[key], value, f"{path}{key}.")
-        else:
-            params[key] = value
-
-
-def run(args: list[str], cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-    return done.stdout + done.stderr
-
-
-def dvc(*args: str, cwd: Path) -> str:
-    return run([sys.executable, "-m", "dvc", *args], cwd)
-
-
-def dvc_json(*args: str, cwd: Path) -> object:
-    done = subprocess.run([sys.executable, "-m", "dvc", *args, "--json"], cwd=cwd, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    repo = tmp_path_factory.mktemp("pipeline")
-    shutil.copytree(ROOT / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
-    (repo / "data" / "raw").mkdir(parents=True)  # a dep of prepare: its README only, no local datasets
-    shutil.copy(ROOT / "data" / "raw" / "README.md", repo / "data" / "raw" / "README.md")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    merge_existing(params, TINY)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "init", "-q"], repo)
-    run(["git", "config", "user.email", "test@example.invalid"], repo)
-    run(["git", "config", "user.name", "test"], repo)
-    dvc("init", "-q", cwd=repo)
-    dvc("config", "core.analytics", "false", cwd=repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-qm", "tiny pipeline"], repo)
+    repo = make_tiny_repo(tmp_path_factory.mktemp("pipeline"))
     dvc("repro", cwd=repo)
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "ran"], repo)

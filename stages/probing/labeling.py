@@ -137,6 +137,6 @@ def run(config: LabelConfig, paths: LabelPaths) -> dict[str, Any]:
         write_labels(
             tables, teacher_path, {"teacher": teacher, "kind": "teacher", "available": available, "temperature": 1.0}
         )
-    write_text_atomic(paths.out / "quality.json", json.dumps(quality, indent=2) + "\n")
+    write_text_atomic(paths.out / "quality.json", json.dumps(quality, indent=2, sort_keys=True) + "\n")
     log.info("label: wrote %s (teacher labels available: %s)", paths.out, available)
     return quality

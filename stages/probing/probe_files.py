@@ -4,6 +4,10 @@
   (out-of-fold for `labeled`), `labeled_fold`, `layers`, `temperature`; so `label` never refits.
 - `weights.safetensors`: the probes refit on all of `labeled` (standardisation stats included).
 - `metrics.json` (best cross-validated layer, flat), `layers.json` (every layer), `plots/layers.csv`.
+
+Both safetensors files carry the provenance (`config`, `teacher`, `n_teacher_layers`, `example_ids`) as one
+metadata key, `probekd`, holding canonical JSON: the writer keeps metadata in a Rust hash map whose order
+changes with every process, so several keys would give different bytes (and a new DVC hash) on every run.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from stages.core.plot_data import write_csv
 from stages.sources.schema import Split
 
 PROBS_FILE = "probs.safetensors"
+METADATA_KEY = "probekd"  # the one safetensors metadata key: canonical JSON of the provenance
 
 
 @dataclass
@@ -43,8 +48,8 @@ def write_outputs(out: Path, result: ProbeResult, splits: dict[str, Split], prov
     """Everything into a temporary folder, renamed to `out` only when complete."""
     rows = result.layer_metrics
     best = rows[best_layer_index([row["cv_acc"] for row in rows], result.layers)]
-    metadata = {key: json.dumps(value, sort_keys=True) for key, value in provenance.items()}
-    metadata["example_ids"] = json.dumps({name: split.ids for name, split in splits.items()})
+    example_ids = {name: split.ids for name, split in splits.items()}
+    metadata = {METADATA_KEY: canonical_json({**provenance, "example_ids": example_ids})}
     with atomic_path(out, directory=True) as temp:
         temp.mkdir(parents=True, exist_ok=True)
         layers = torch.tensor(result.layers, dtype=torch.int64)
@@ -56,13 +61,19 @@ def write_outputs(out: Path, result: ProbeResult, splits: dict[str, Split], prov
         save_file(
             {**weights, "layers": layers, "temperature": temperature}, str(temp / "weights.safetensors"), metadata
         )
-        (temp / "metrics.json").write_text(json.dumps({"best_layer": best["layer"], **best}, indent=2) + "\n")
-        (temp / "layers.json").write_text(json.dumps(rows, indent=2) + "\n")
+        metrics = {"best_layer": best["layer"], **best}
+        (temp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        (temp / "layers.json").write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
         (temp / "plots").mkdir()
         # teacher_acc is the teacher's own letter accuracy on test (a reference line); empty for encoder teachers.
         columns = ["layer", "cv_acc", "val_acc", "test_acc", "teacher_test_acc"]
         values = ([row.get(column, "") for column in columns] for row in rows)
         write_csv(temp / "plots" / "layers.csv", ["layer", "cv_acc", "val_acc", "test_acc", "teacher_acc"], values)
+
+
+def canonical_json(value: Any) -> str:
+    """The one JSON text of `value`: sorted keys, fixed separators, ASCII, so equal values give equal bytes."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
 def read_probe_output(probe_dir: Path, splits: dict[str, Split]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -71,7 +82,12 @@ def read_probe_output(probe_dir: Path, splits: dict[str, Split]) -> tuple[dict[s
     if not path.exists():
         raise InputError(f"{path}: probe output not found (run `dvc repro probe` first)")
     with safe_open(str(path), framework="numpy") as handle:
-        metadata = {key: json.loads(value) for key, value in (handle.metadata() or {}).items()}
+        encoded = (handle.metadata() or {}).get(METADATA_KEY)
+    if encoded is None:
+        raise InputError(
+            f"{path}: no {METADATA_KEY!r} metadata (written by an older probe stage); rerun `dvc repro probe`"
+        )
+    metadata = json.loads(encoded)
     tensors = load_file(str(path))
     for name in splits:
         if metadata.get("example_ids", {}).get(name) != splits[name].ids:

@@ -95,7 +95,8 @@ def run(paths: SummaryPaths) -> dict[str, Any]:
     quality = read_json(paths.labels, required=False, why="run `dvc repro label`")
     summary = summarize(arm_metrics, probe, quality)
     with atomic_path(paths.out, directory=True) as out:
-        (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        # Sorted like every JSON artifact (`dvc metrics show` sorts its columns anyway): each arm's keys stay together.
+        (out / "metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         write_csv(out / "accuracy.csv", ["model", "test_acc"], accuracy_rows(summary, list(arm_metrics)))
     log.info("summary: %s", json.dumps(summary))
     return summary

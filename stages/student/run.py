@@ -39,6 +39,8 @@ def train_and_write(run: Run, setup: TrainSetup, out: Path) -> dict[str, float]:
     from dvclive import Live
 
     # DVCLive writes into its folder while training: it lives inside the temporary arm folder, renamed at the end.
+    # Its curves (live/plots/metrics/*.tsv, hashed in dvc.lock) hold step and value only: log_metric adds a
+    # timestamp column only when asked (timestamp=True), so the same run gives the same bytes.
     live = Live(dir=str(out / "live"), save_dvc_exp=False, dvcyaml=False)
     live.step = 1  # the curves' step = optimiser steps completed
     train_steps(run, setup, live)

@@ -6,6 +6,7 @@ import pytest
 from stages.core.errors import InputError
 from stages.probing.label_files import LABEL_SCHEMA, label_table, read_labels, read_metadata, write_labels
 from stages.sources.schema import Split
+from tests.two_processes import assert_same_bytes_in_two_processes
 
 
 def make_split(n_choices=(3, 4, 5), prefix="t") -> Split:
@@ -58,10 +59,11 @@ def test_round_trip_aligns_to_split_order(tmp_path, split):
     assert read_metadata(tmp_path / "l.parquet") == {"kind": "probe", "available": True}
 
 
-def test_same_inputs_same_bytes(tmp_path, split):
-    write(tmp_path / "a.parquet", split, layer=3)
-    write(tmp_path / "b.parquet", split, layer=3)
-    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+def test_same_inputs_same_bytes_in_two_processes(tmp_path):
+    code = "import sys; from pathlib import Path; from tests.probing.test_label_files import make_split, write; "
+    code += "write(Path(sys.argv[1]) / 'l.parquet', make_split(), layer=3, metadata={'kind': 'probe', 'layer': 3, "
+    code += "'teacher': {'model': 'tiny', 'revision': 'abc'}, 'available': True})"
+    assert list(assert_same_bytes_in_two_processes(code, tmp_path)) == ["l.parquet"]
 
 
 def test_schema_of_written_file(tmp_path, split):

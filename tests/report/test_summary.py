@@ -9,6 +9,7 @@ import pytest
 
 from stages.core.errors import InputError
 from stages.report.summary import SummaryPaths, accuracy_rows, flatten, read_json, run, summarize
+from tests.two_processes import assert_same_bytes_in_two_processes
 
 ARMS = {"gold": 0.41, "logit_kd": 0.52, "probe_kd": 0.63, "hld": 0.44}
 PROBE = {"best_layer": 3, "layer": 3, "cv_acc": 0.7, "test_acc": 0.71, "teacher_test_acc": 0.55, "test_nll": 0.9}
@@ -62,12 +63,18 @@ def test_flatten_nested_numbers():
     assert flatten("x", "text") == {} and flatten("x", 2.5) == {"x": 2.5}
 
 
+def summarize_inputs(root: Path) -> dict:
+    """Write every arm's metrics, the probe's and the label quality under `root`, then summarize them."""
+    arms = write_metrics(root)
+    (root / "probe.json").write_text(json.dumps(PROBE))
+    (root / "quality.json").write_text(json.dumps(QUALITY))
+    return run(paths_for(root, arms))
+
+
 def test_run_writes_metrics_and_the_bar_chart(tmp_path: Path):
-    arms = write_metrics(tmp_path)
-    (tmp_path / "probe.json").write_text(json.dumps(PROBE))
-    (tmp_path / "quality.json").write_text(json.dumps(QUALITY))
-    summary = run(paths_for(tmp_path, arms))
-    assert json.loads((tmp_path / "summary" / "metrics.json").read_text()) == summary
+    summary = summarize_inputs(tmp_path)
+    written = json.loads((tmp_path / "summary" / "metrics.json").read_text())
+    assert written == summary and list(written) == sorted(summary)  # sorted keys: each arm's together
     assert summary["probe_kd_test_acc"] == 0.63 and summary["labels_probe_ece"] == 0.05
     rows = (tmp_path / "summary" / "accuracy.csv").read_text().splitlines()
     assert rows == [
@@ -117,3 +124,9 @@ def test_read_json(tmp_path: Path):
     assert read_json(tmp_path / "absent.json", required=False, why="run it") is None
     with pytest.raises(InputError, match=r"absent\.json: not found \(run it\)$"):
         read_json(tmp_path / "absent.json", required=True, why="run it")
+
+
+def test_two_processes_write_the_same_bytes(tmp_path: Path):
+    code = "import sys; from pathlib import Path; from tests.report.test_summary import summarize_inputs; "
+    files = assert_same_bytes_in_two_processes(code + "summarize_inputs(Path(sys.argv[1]))", tmp_path)
+    assert {"summary/metrics.json", "summary/accuracy.csv"} <= set(files)

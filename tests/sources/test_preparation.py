@@ -24,6 +24,7 @@ from stages.sources.preparation import (
     warn_if_not_a_dep,
 )
 from stages.sources.schema import SPLITS, read_split
+from tests.two_processes import assert_same_bytes_in_two_processes
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -135,6 +136,18 @@ def test_same_seed_gives_identical_bytes(tmp_path):
     for name in SPLITS:
         assert (tmp_path / "a" / f"{name}.parquet").read_bytes() == (tmp_path / "b" / f"{name}.parquet").read_bytes()
     assert read_split(tmp_path / "a" / "labeled.parquet").ids != read_split(tmp_path / "c" / "labeled.parquet").ids
+
+
+def prepare_examples(out: Path) -> None:
+    """The canonical example file prepared at seed 0 (run in a subprocess by the two-process test)."""
+    config = PrepareConfig(dataset=str(DATA / "canonical" / "examples.jsonl"), labeled=3, transfer=4, val=2, test=2)
+    prepare(config, 0, out)
+
+
+def test_two_processes_write_the_same_bytes(tmp_path):
+    code = "import sys; from pathlib import Path; from tests.sources.test_preparation import prepare_examples; "
+    files = assert_same_bytes_in_two_processes(code + "prepare_examples(Path(sys.argv[1]) / 'prepared')", tmp_path)
+    assert sorted(files) == sorted(f"prepared/{name}.parquet" for name in SPLITS)
 
 
 def test_labeled_sweep_leaves_transfer_val_and_test_files_byte_identical(tmp_path):

@@ -1,0 +1,78 @@
+"""A temporary git+DVC repo holding this checkout's pipeline on a tiny configuration, for the `dvc repro` tests.
+
+The repo gets `stages/`, `dvc.yaml`, `data/raw/README.md` and `params.yaml` with the `TINY` overrides, is
+committed once, and is ready for `dvc repro`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Small enough for a few CPU minutes in all; every key must already exist in params.yaml.
+TINY = {
+    "data": {"labeled": 24, "transfer": 48, "val": 24, "test": 32},
+    "builtin": {
+        "task": {"n_train": 96, "n_val": 24, "n_test": 32},
+        "teacher": {"steps": 60},
+        "student": {"steps": 20},
+    },
+    "extract": {"batch_size": 16, "shard_examples": 16},
+    "probe": {"folds": 3},
+    "train": {"steps": 6, "batch_size": 8, "eval_every": 3},
+}
+
+
+def merge_existing(params: dict, overrides: dict, path: str = "") -> None:
+    for key, value in overrides.items():
+        assert key in params, f"test override {path}{key} is not a key of params.yaml"
+        if isinstance(value, dict):
+            merge_existing(params[key], value, f"{path}{key}.")
+        else:
+            params[key] = value
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
+    """Run a command with this interpreter's bin folder first on PATH (dvc runs `python -m stages ...`)."""
+    env = {**os.environ, **(env or {})}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return done.stdout + done.stderr
+
+
+def dvc(*args: str, cwd: Path, env: dict[str, str] | None = None) -> str:
+    return run([sys.executable, "-m", "dvc", *args], cwd, env)
+
+
+def dvc_json(*args: str, cwd: Path) -> object:
+    done = subprocess.run([sys.executable, "-m", "dvc", *args, "--json"], cwd=cwd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def make_tiny_repo(repo: Path) -> Path:
+    """Lay out and commit the tiny pipeline in `repo` (an empty folder); `dvc repro` is the caller's."""
+    shutil.copytree(ROOT / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    (repo / "data" / "raw").mkdir(parents=True)  # a dep of prepare: its README only, no local datasets
+    shutil.copy(ROOT / "data" / "raw" / "README.md", repo / "data" / "raw" / "README.md")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    merge_existing(params, TINY)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], repo)
+    run(["git", "config", "user.email", "test@example.invalid"], repo)
+    run(["git", "config", "user.name", "test"], repo)
+    dvc("init", "-q", cwd=repo)
+    dvc("config", "core.analytics", "false", cwd=repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "tiny pipeline"], repo)
+    return repo
