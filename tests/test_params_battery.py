@@ -128,6 +128,13 @@ CASES = [
     Case("data-empty-dataset", "data", "prepare", set_("data.dataset", ""), "data.dataset is empty", "data.dataset"),
     Case("data-not-a-mapping", "data", "prepare", set_("data", "builtin"),
          "section `data` is missing or not a mapping", "data"),
+    # builtin.seed
+    Case("builtin.seed-wrong-type", "builtin.seed", "prepare", set_("builtin.seed", "zero"),
+         "builtin.seed='zero' must be an integer", "builtin.seed"),
+    Case("builtin.seed-missing", "builtin.seed", "models@teacher", delete("builtin.seed"),
+         "builtin.seed is missing (Seed of the builtin world", "builtin.seed"),
+    Case("builtin.seed-out-of-range", "builtin.seed", "models@student", set_("builtin.seed", -3),
+         "builtin.seed=-3 must be an integer >= 0", "builtin.seed"),
     # builtin.task
     Case("builtin.task-unknown", "builtin.task", "prepare", set_("builtin.task.colour", "red"),
          "builtin.task.colour is not a parameter; builtin.task has: n_categories, ", "builtin.task.colour"),
@@ -236,8 +243,8 @@ CASES = [
          "section `train` is missing or not a mapping", "train"),
 ]  # fmt: skip
 SECTIONS = {
-    "seed", "data", "builtin.task", "builtin.teacher", "builtin.student", "teacher", "student", "prompt", "extract",
-    "probe", "probe.layer", "distill.arms", "distill.kd", "distill.hld", "train",
+    "seed", "data", "builtin.seed", "builtin.task", "builtin.teacher", "builtin.student", "teacher", "student",
+    "prompt", "extract", "probe", "probe.layer", "distill.arms", "distill.kd", "distill.hld", "train",
 }  # fmt: skip
 
 
