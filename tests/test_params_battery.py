@@ -169,7 +169,11 @@ CASES = [
          "prompt.template must contain {options}; got '{question}\\nAnswer:'", "prompt.template"),
     Case("prompt-typo", "prompt", "train@gold", rename("prompt.option_format", "option_fmt"),
          "prompt.option_fmt is not a parameter; did you mean prompt.option_format?", "prompt.option_fmt"),
+    Case("prompt-cloze-shows-options", "prompt", "extract@test", set_("prompt.cloze_template", "{question} {options}"),
+         "prompt.cloze_template must contain {question} and not {options}", "prompt.cloze_template"),
     # extract
+    Case("extract-cloze-wrong-type", "extract", "extract@labeled", set_("extract.cloze", "yes"),
+         "extract.cloze='yes' must be true or false", "extract.cloze"),
     Case("extract-wrong-type", "extract", "extract@test", set_("extract.layers", "first"),
          "extract.layers='first' must be all or a non-empty list of integers", "extract.layers"),
     Case("extract-out-of-range", "extract", "extract@val", set_("extract.batch_size", 0),

@@ -27,7 +27,11 @@ SIZES = {"labeled": 12, "transfer": 16, "val": 10, "test": 10}
 ARMS = ("gold", "logit_kd", "probe_kd", "hld")
 PARAMS = {
     "seed": 0,
-    "prompt": {"template": "{question}\n{options}\nAnswer:", "option_format": "{letter}. {text}"},
+    "prompt": {
+        "template": "{question}\n{options}\nAnswer:",
+        "option_format": "{letter}. {text}",
+        "cloze_template": "{question}\nAnswer:",
+    },
     "train": {
         "steps": 4,
         "batch_size": 6,
