@@ -29,6 +29,7 @@ import zarr
 
 from stages.core.errors import InputError
 from stages.core.layers import resolve_layer
+from stages.sources.schema import Split
 
 HIDDEN = "hidden"
 OPTION_LOGITS = "option_logits"
@@ -120,3 +121,17 @@ class HiddenStore:
             reason = self.group.attrs.get("cloze_missing") or "it was extracted without the cloze readout"
             raise InputError(f"{why} needs the teacher's cloze readout, but {self.path} has none: {reason}")
         return scores
+
+
+def open_stores(hidden: Path, splits: dict[str, Split]) -> dict[str, HiddenStore]:
+    """`hidden/<split>.zarr` of every split, checked to hold the split's examples and the same layers."""
+    stores = {name: HiddenStore.open(hidden / f"{name}.zarr") for name in splits}
+    first = next(iter(stores))
+    for name, store in stores.items():
+        if store.example_ids != splits[name].ids:
+            raise InputError(
+                f"{hidden / name}.zarr: example ids differ from the prepared {name} split; rerun `dvc repro extract`"
+            )
+        if store.layers != stores[first].layers:
+            raise InputError(f"{hidden / name}.zarr holds other layers than {first}.zarr; rerun `dvc repro extract`")
+    return stores

@@ -25,6 +25,7 @@ TEACHER_VOCAB, STUDENT_VOCAB = 300, 280  # the student reads prompts in its own,
 D_TEACHER, N_TEACHER_LAYERS = 48, 5
 SIZES = {"labeled": 12, "transfer": 16, "val": 10, "test": 10}
 ARMS = ("gold", "logit_kd", "probe_kd", "hld")
+ROOT = Path(__file__).resolve().parents[2]
 PARAMS = {
     "seed": 0,
     "prompt": {
@@ -89,7 +90,8 @@ def write_label_file(path: Path, root: Path, rng: np.random.Generator, kind: str
         probs = np.where(split.valid_mask(), np.exp(logits), 0.0)
         probs = probs / probs.sum(-1, keepdims=True)
         tables.append(label_table(split.ids, name, probs, split.n_choices, layer=2 if kind == "probe" else None))
-    write_labels(tables, path, {"kind": kind, "available": available, "teacher": {"model": "tiny"}})
+    missing = {} if available else {"missing": "teacher tiny has no LM head (encoder-only)"}
+    write_labels(tables, path, {"kind": kind, "available": available, "teacher": {"model": "tiny"}, **missing})
 
 
 @pytest.fixture(scope="module")
@@ -256,7 +258,7 @@ def test_logit_kd_with_unavailable_teacher_labels_fails_early(project: Path, tmp
     shutil.copytree(project / "data/models", root / "data/models")
     (root / "data/labels").mkdir(parents=True)
     write_label_file(root / "data/labels/teacher.parquet", root, np.random.default_rng(0), "teacher", available=False)
-    with pytest.raises(InputError, match="no LM head.*logit_kd needs a teacher with an LM head"):
+    with pytest.raises(InputError, match=r"no teacher labels: teacher tiny has no LM head \(encoder-only\); an arm"):
         train("logit_kd", root)
     assert not (root / "data/students").exists() or not list((root / "data/students").iterdir())
 
@@ -325,7 +327,7 @@ def test_cli_fails_early_with_exit_2_on_unavailable_teacher_labels(project: Path
     app.command()(main)
     result = CliRunner().invoke(app, ["logit_kd", *cli_paths("logit_kd")])
     assert result.exit_code == 2
-    assert "teacher.parquet: no labels: teacher tiny has no LM head" in result.output
+    assert "teacher.parquet: no teacher labels: teacher tiny has no LM head" in result.output
     assert not (tmp_path / "data/students/logit_kd").exists()
 
 
@@ -371,7 +373,8 @@ def test_two_process_torchrun_matches_one_process(project: Path, trained: dict, 
         shutil.copytree(project / "data" / name, tmp_path / "data" / name)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))  # no dvc.yaml here: params come from params.yaml
     launcher = f"{sys.executable} -m torch.distributed.run --standalone --nproc_per_node 2"
-    env = {**os.environ, "PROBEKD_LAUNCHER": launcher, "OMP_NUM_THREADS": "1"}
+    # PYTHONPATH: this checkout's stages/, not whichever one the environment has installed.
+    env = {**os.environ, "PROBEKD_LAUNCHER": launcher, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     env.pop("WORLD_SIZE", None)
     result = subprocess.run(
         [sys.executable, "-m", "stages", "train", "probe_kd_hld", *cli_paths("probe_kd_hld")],
