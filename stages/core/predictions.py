@@ -9,6 +9,7 @@ teacher's letters). `label` writes the teacher readouts' and the probe's (`data/
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from stages.core.errors import InputError
 
 
 def write_predictions(
-    path: Path, ids: list[str], answers: np.ndarray, readouts: dict[str, np.ndarray | None], metadata: dict[str, Any]
+    path: Path, ids: list[str], answers: np.ndarray, readouts: Mapping[str, np.ndarray | None], metadata: dict[str, Any]
 ) -> None:
     """`readouts`: name -> (n_examples,) predicted option, or None (a column of nulls). Same inputs, same bytes."""
     columns = {"id": pa.array(ids, pa.string()), "answer": pa.array(np.asarray(answers), pa.int64())}
