@@ -29,7 +29,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "probe": ("stages.probe", "Fit a probe per layer with cross-fitting; per-layer metrics and plots."),
     "label": ("stages.label", "Write probe, teacher-letter and teacher-cloze labels; their quality; every readout."),
     "train": ("stages.train", "Train one student arm (gold, logit_kd, cloze_kd, probe_kd, hld, oracle)."),
-    "summarize": ("stages.summarize", "Collect every arm's test accuracy into one metrics file."),
+    "summarize": ("stages.summarize", "Every arm and teacher readout on test, with intervals, PGR and differences."),
 }
 
 
