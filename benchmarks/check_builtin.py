@@ -68,7 +68,7 @@ def gold_finetune(model, tokenizer, examples: list[dict], steps: int, lr: float)
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--set", nargs="*", default=[], help="overrides like teacher.steps=800")
-    parser.add_argument("--seed", type=int, default=None, help="override params.yaml seed")
+    parser.add_argument("--seed", type=int, default=None, help="override params.yaml builtin.seed")
     parser.add_argument("--n-probe", type=int, default=256)
     parser.add_argument("--n-eval", type=int, default=512)
     parser.add_argument("--skip-student", action="store_true")
@@ -78,9 +78,9 @@ def main() -> None:
     builtin = params["builtin"]
     for override in args.set:
         key, value = override.split("=")
-        role, name = key.split(".")
+        role, name = key.split(".")  # teacher.steps=800: builtin.teacher.steps
         builtin[role][name] = yaml.safe_load(value)
-    seed = params["seed"] if args.seed is None else args.seed
+    seed = builtin["seed"] if args.seed is None else args.seed
     task = build(TaskConfig, builtin["task"], "builtin.task")
     splits = dataset_splits(task, seed)
     val = splits["val"][: args.n_eval]

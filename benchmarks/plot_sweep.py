@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
-ARMS = ("gold", "logit_kd", "probe_kd", "hld")
+ARMS = ("gold", "logit_kd", "cloze_kd", "probe_kd", "hld", "oracle")
 SUMMARY = "data/summary/metrics.json"
 
 

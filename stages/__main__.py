@@ -27,9 +27,9 @@ STAGES: dict[str, tuple[str, str]] = {
     "models": ("stages.models", "Resolve the teacher or student (hub id, local path, or pretrain the builtin)."),
     "extract": ("stages.extract", "Cache the teacher's hidden states of every layer into a zarr store."),
     "probe": ("stages.probe", "Fit a probe per layer with cross-fitting; per-layer metrics and plots."),
-    "label": ("stages.label", "Write probe labels and teacher-output labels; measure their quality."),
-    "train": ("stages.train", "Train one student arm (gold, logit_kd, probe_kd, hld)."),
-    "summarize": ("stages.summarize", "Collect every arm's test accuracy into one metrics file."),
+    "label": ("stages.label", "Write probe, teacher-letter and teacher-cloze labels; their quality; every readout."),
+    "train": ("stages.train", "Train one student arm (gold, logit_kd, cloze_kd, probe_kd, hld, oracle)."),
+    "summarize": ("stages.summarize", "Every arm and teacher readout on test, with intervals, PGR and differences."),
 }
 
 

@@ -3,8 +3,9 @@
 Every arm shares the optimiser, schedule, batch stream, step budget and seed; only the loss terms differ
 (`distill.arms.<arm>`: which soft labels to distil from, whether to add the HLD term). Writes the arm's
 folder: `model/` (save_pretrained, with tokenizer; `hld_projection.safetensors` beside it for HLD arms,
-unused at inference), `metrics.json`, `live/` (DVCLive learning curves), `calibration.csv` and
-`confusion.csv`, all renamed into place together when training finished.
+unused at inference), `metrics.json` (letter metrics on val and test, cloze accuracy on test),
+`test_predictions.parquet` (the option each readout picks per test question), `live/` (DVCLive learning curves),
+`calibration.csv` and `confusion.csv`, all renamed into place together when training finished.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 
 @exits_cleanly
 def main(
-    arm: Annotated[str, typer.Argument(help="Arm name, a key of distill.arms (gold, logit_kd, probe_kd, hld).")],
+    arm: Annotated[str, typer.Argument(help="Arm name, a key of distill.arms (gold, logit_kd, probe_kd, ...).")],
     prepared: Annotated[Path, typer.Option(help="Folder of the prepared {labeled,transfer,val,test}.parquet.")],
     student: Annotated[Path, typer.Option(help="The student's model folder (data/models/student).")],
     out: Annotated[Path, typer.Option(help="The arm's output folder (replaced when training finished).")],

@@ -23,6 +23,7 @@ from stages.store.extraction import run as extract_split
 from stages.store.reader import HiddenStore
 from stages.store.teacher_pass import to_store_dtype
 from stages.store.writer import DONE, partial_path
+from tests.modeling.test_cloze import plain_log_likelihood
 from tests.tiny_models import make_tiny_causal_lm, make_tiny_encoder
 
 PROMPT = PromptConfig()
@@ -114,6 +115,34 @@ def test_causal_states_and_logits_match_plain_forward(causal_dir, split_path, tm
         assert np.isnan(logits[row, n_choices[row] :]).all()
 
 
+def test_cloze_readout_matches_a_plain_forward_per_option(causal_dir, split_path, tmp_path):
+    store = run(causal_dir, split_path, tmp_path / "h.zarr")
+    model, tokenizer, _ = load_model(causal_dir, dtype=torch.float32)
+    split = read_split(split_path)
+    log_likelihood, per_char = store.cloze(), store.cloze(normalised=True)
+    assert store.attrs["has_cloze"] is True and store.attrs["cloze_missing"] is None
+    assert store.attrs["cloze"]["template"] == PROMPT.cloze_template
+    for row, (question, choices) in enumerate(zip(split.questions, split.choices, strict=True)):
+        expected = [plain_log_likelihood(model, tokenizer, question, option) for option in choices]
+        np.testing.assert_allclose(log_likelihood[row, : len(choices)], expected, rtol=1e-5, atol=1e-4)
+        chars = [len(option) for option in choices]
+        np.testing.assert_allclose(per_char[row, : len(choices)], np.array(expected) / chars, rtol=1e-5, atol=1e-4)
+        assert np.isnan(log_likelihood[row, len(choices) :]).all() and np.isnan(per_char[row, len(choices) :]).all()
+
+
+def test_cloze_off_leaves_the_hidden_state_store_as_it_was(causal_dir, split_path, tmp_path):
+    on = run(causal_dir, split_path, tmp_path / "on.zarr")
+    off = run(causal_dir, split_path, tmp_path / "off.zarr", cloze=False)
+    assert off.cloze() is None and off.attrs["has_cloze"] is False
+    with pytest.raises(InputError, match=r"off.zarr has none: extract.cloze is false \(set it to true"):
+        off.require_cloze("the cloze_kd arm")
+    on_files, off_files = tree_bytes(tmp_path / "on.zarr"), tree_bytes(tmp_path / "off.zarr")
+    hidden = {name for name in off_files if name.startswith(("hidden/", "option_logits/"))}
+    assert hidden and all(on_files[name] == off_files[name] for name in hidden)  # the same bytes
+    assert not any(name.startswith("cloze") for name in off_files)
+    assert on.attrs["fingerprint"] != off.attrs["fingerprint"]
+
+
 def test_encoder_states_match_and_no_logits(encoder_dir, split_path, tmp_path):
     store = run(encoder_dir, split_path, tmp_path / "h.zarr", layers=[0, -2])  # early stop after block 1
     expected, _ = reference(encoder_dir, split_path)
@@ -122,6 +151,11 @@ def test_encoder_states_match_and_no_logits(encoder_dir, split_path, tmp_path):
     np.testing.assert_allclose(store.read_layer(store.index_of(0, "layer")), expected[:, 0], rtol=2e-3, atol=2e-3)
     assert store.option_logits() is None
     assert store.attrs["has_option_logits"] is False
+    assert store.cloze() is None and store.attrs["has_cloze"] is False
+    with pytest.raises(
+        InputError, match="has none: teacher .* has no LM head \\(encoder-only\\), so it scores no text"
+    ):
+        store.require_cloze("cloze labels")
 
 
 def test_attributes_layout_and_layer_subset(causal_dir, split_path, tmp_path):
@@ -260,7 +294,11 @@ REPO_PARAMS = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml
 
 def write_params(folder: Path, **extract) -> Path:
     params = {
-        "prompt": {"template": PROMPT.template, "option_format": PROMPT.option_format},
+        "prompt": {
+            "template": PROMPT.template,
+            "option_format": PROMPT.option_format,
+            "cloze_template": PROMPT.cloze_template,
+        },  # fmt: skip
         "extract": {**REPO_PARAMS["extract"], "batch_size": 4, "shard_examples": 4, "device": "cpu", **extract},
     }
     path = folder / "params.yaml"

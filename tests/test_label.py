@@ -7,12 +7,16 @@ import typer
 from typer.testing import CliRunner
 
 from stages.core.errors import InputError
+from stages.core.metrics import masked_softmax
+from stages.core.predictions import read_predictions
 from stages.label import main
 from stages.label import main as label_main
 from stages.probe import main as probe_main
 from stages.probing.label_files import read_labels, read_metadata
-from stages.probing.labeling import label_quality, read_label_config, select_layer, teacher_probs
+from stages.probing.labeling import label_quality, read_label_config, select_layer
+from stages.probing.readouts import Missing, checked, softmax_all
 from stages.sources.schema import read_split
+from stages.store.reader import HiddenStore
 from tests.test_probe import INFORMATIVE, N_LAYERS, make_world, write_params
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -65,7 +69,37 @@ def test_auto_layer_and_label_files(labelled):
     assert read_metadata(labels / "teacher.parquet")["available"] is True
     quality = json.loads((labels / "quality.json").read_text())
     assert quality["probe"]["acc"] > 0.8 > quality["teacher"]["acc"]
+    assert quality["cloze"]["acc"] > quality["teacher"]["acc"] and quality["cloze"]["available"] is True
     assert quality["probe"]["layer"] == INFORMATIVE
+
+
+def test_cloze_labels_are_calibrated_on_val(labelled):
+    labels = labelled / "labels"
+    transfer = read_split(labelled / "prepared" / "transfer.parquet")
+    cloze = read_labels(labels / "cloze.parquet", transfer, "transfer")
+    metadata = read_metadata(labels / "cloze.parquet")
+    assert metadata["kind"] == "cloze" and metadata["available"] is True
+    assert metadata["temperature"] > 1.5  # the synthetic log-likelihoods are over-confident by a factor of ~4
+    assert np.all(cloze[~transfer.valid_mask()] == 0)
+    scores = HiddenStore.open(labelled / "hidden" / "transfer.zarr").cloze()
+    uncalibrated = masked_softmax(scores, transfer.valid_mask())
+    np.testing.assert_allclose(cloze, masked_softmax(scores, transfer.valid_mask(), metadata["temperature"]), atol=1e-6)
+    assert cloze.max(axis=1).mean() < uncalibrated.max(axis=1).mean() - 0.05  # softened by the temperature
+
+
+def test_every_readout_on_every_split_and_the_test_predictions(labelled):
+    readouts = json.loads((labelled / "labels" / "readouts.json").read_text())
+    assert readouts["layer"] == INFORMATIVE
+    for readout in ("teacher_letter", "teacher_cloze", "teacher_cloze_norm", "probe"):
+        assert set(readouts[readout]) == {"labeled_acc", "transfer_acc", "val_acc", "test_acc"}
+    assert readouts["probe"]["test_acc"] > 0.8 > readouts["teacher_letter"]["test_acc"]
+    assert readouts["teacher_cloze"]["test_acc"] == readouts["teacher_cloze_norm"]["test_acc"]  # norm: halved
+    ids, answers, correct = read_predictions(labelled / "labels" / "test_predictions.parquet")
+    test = read_split(labelled / "prepared" / "test.parquet")
+    assert ids == test.ids and answers.tolist() == test.answers.tolist()
+    assert {name: float(c.mean()) for name, c in correct.items()} == pytest.approx(
+        {name: readouts[name]["test_acc"] for name in correct}
+    )
 
 
 def test_out_of_fold_labels_are_not_in_sample(labelled):
@@ -84,13 +118,15 @@ def test_out_of_fold_labels_are_not_in_sample(labelled):
 
 def test_outputs_are_deterministic_and_teacher_labels_ignore_the_layer(labelled):
     labels = labelled / "labels"
-    before = {name: (labels / name).read_bytes() for name in ("probe.parquet", "teacher.parquet")}
+    files = ("probe.parquet", "teacher.parquet", "cloze.parquet", "test_predictions.parquet")
+    before = {name: (labels / name).read_bytes() for name in files}
     result = run_pipeline(labelled)
     assert result.exit_code == 0, result.output
-    assert (labels / "probe.parquet").read_bytes() == before["probe.parquet"]
+    assert all((labels / name).read_bytes() == before[name] for name in files)
     other = run_pipeline(labelled, layer=0)
     assert other.exit_code == 0, other.output
     assert (labels / "teacher.parquet").read_bytes() == before["teacher.parquet"]
+    assert (labels / "cloze.parquet").read_bytes() == before["cloze.parquet"]
     assert (labels / "probe.parquet").read_bytes() != before["probe.parquet"]
 
 
@@ -102,10 +138,26 @@ def test_encoder_teacher_has_no_teacher_labels(tmp_path):
     assert pq.read_table(labels / "teacher.parquet").num_rows == 0
     assert read_metadata(labels / "teacher.parquet")["available"] is False
     transfer = read_split(tmp_path / "prepared" / "transfer.parquet")
-    with pytest.raises(InputError, match="logit_kd needs a teacher with an LM head"):
+    with pytest.raises(InputError, match="no teacher labels: teacher synthetic has no LM head"):
         read_labels(labels / "teacher.parquet", transfer, "transfer")
-    assert json.loads((labels / "quality.json").read_text())["teacher"] == {"available": False}
+    with pytest.raises(InputError, match="no cloze labels: .*synthetic"):
+        read_labels(labels / "cloze.parquet", transfer, "transfer")
+    quality = json.loads((labels / "quality.json").read_text())
+    assert quality["teacher"] == {"available": False} and quality["cloze"] == {"available": False}
     assert read_labels(labels / "probe.parquet", transfer, "transfer").shape == (transfer.n_examples, 26)
+    readouts = json.loads((labels / "readouts.json").read_text())
+    assert readouts["teacher_letter"]["available"] is False and "encoder-only" in readouts["teacher_letter"]["why"]
+    _, _, correct = read_predictions(labels / "test_predictions.parquet")
+    assert set(correct) == {"probe"}  # the unavailable readouts are null columns
+
+
+def test_without_cloze_the_cloze_labels_say_why(tmp_path):
+    make_world(tmp_path, cloze=False)
+    result = run_pipeline(tmp_path)
+    assert result.exit_code == 0, result.output
+    metadata = read_metadata(tmp_path / "labels" / "cloze.parquet")
+    assert metadata["available"] is False and metadata["missing"].startswith("extract.cloze is false")
+    assert read_metadata(tmp_path / "labels" / "teacher.parquet")["available"] is True
 
 
 def test_out_of_range_layer_fails_cleanly(labelled):
@@ -152,22 +204,24 @@ def test_config_rejects_non_integer_layers(layer):
         read_label_config({"probe": {"layer": layer}})
 
 
-def test_teacher_probs_softmax_over_valid_options(labelled):
+def test_readouts_softmax_over_valid_options(labelled):
     split = read_split(labelled / "prepared" / "transfer.parquet")
     logits = np.full((split.n_examples, 26), np.nan, dtype=np.float32)
     for row, n in enumerate(split.n_choices):
         logits[row, :n] = np.arange(n)
-    probs = teacher_probs(logits, split)
+    probs = softmax_all({"transfer": checked(logits, split, "transfer", "letter")}, {"transfer": split})
     row = int(np.argmax(split.n_choices == 3))
-    np.testing.assert_allclose(probs[row, :3], np.exp([0, 1, 2]) / np.exp([0, 1, 2]).sum(), rtol=1e-6)
+    np.testing.assert_allclose(probs["transfer"][row, :3], np.exp([0, 1, 2]) / np.exp([0, 1, 2]).sum(), rtol=1e-6)
     logits[row, 0] = np.nan
-    with pytest.raises(InputError, match="NaN on a valid option"):
-        teacher_probs(logits, split)
+    with pytest.raises(InputError, match="the transfer store's letter scores are NaN on a valid option"):
+        checked(logits, split, "transfer", "letter")
+    assert softmax_all(Missing("why"), {"transfer": split}) == Missing("why")
 
 
 def test_label_quality_keys():
-    probs = np.array([[0.9, 0.1], [0.4, 0.6]])
-    quality = label_quality(probs, None, np.array([0, 0]), layer=3)
+    probs = {"transfer": np.array([[0.9, 0.1], [0.4, 0.6]])}
+    readouts = {"probe": probs, "teacher_letter": Missing("encoder"), "teacher_cloze": probs}
+    quality = label_quality(readouts, np.array([0, 0]), layer=3)
     assert quality["probe"]["acc"] == pytest.approx(0.5) and quality["probe"]["layer"] == 3
-    assert quality["teacher"] == {"available": False}
-    assert main.__doc__.startswith("Write probe labels")
+    assert quality["teacher"] == {"available": False} and quality["cloze"]["available"] is True
+    assert main.__doc__.startswith("Write probe, teacher-letter and teacher-cloze labels")

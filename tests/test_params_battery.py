@@ -128,6 +128,13 @@ CASES = [
     Case("data-empty-dataset", "data", "prepare", set_("data.dataset", ""), "data.dataset is empty", "data.dataset"),
     Case("data-not-a-mapping", "data", "prepare", set_("data", "builtin"),
          "section `data` is missing or not a mapping", "data"),
+    # builtin.seed
+    Case("builtin.seed-wrong-type", "builtin.seed", "prepare", set_("builtin.seed", "zero"),
+         "builtin.seed='zero' must be an integer", "builtin.seed"),
+    Case("builtin.seed-missing", "builtin.seed", "models@teacher", delete("builtin.seed"),
+         "builtin.seed is missing (Seed of the builtin world", "builtin.seed"),
+    Case("builtin.seed-out-of-range", "builtin.seed", "models@student", set_("builtin.seed", -3),
+         "builtin.seed=-3 must be an integer >= 0", "builtin.seed"),
     # builtin.task
     Case("builtin.task-unknown", "builtin.task", "prepare", set_("builtin.task.colour", "red"),
          "builtin.task.colour is not a parameter; builtin.task has: n_categories, ", "builtin.task.colour"),
@@ -162,7 +169,11 @@ CASES = [
          "prompt.template must contain {options}; got '{question}\\nAnswer:'", "prompt.template"),
     Case("prompt-typo", "prompt", "train@gold", rename("prompt.option_format", "option_fmt"),
          "prompt.option_fmt is not a parameter; did you mean prompt.option_format?", "prompt.option_fmt"),
+    Case("prompt-cloze-shows-options", "prompt", "extract@test", set_("prompt.cloze_template", "{question} {options}"),
+         "prompt.cloze_template must contain {question} and not {options}", "prompt.cloze_template"),
     # extract
+    Case("extract-cloze-wrong-type", "extract", "extract@labeled", set_("extract.cloze", "yes"),
+         "extract.cloze='yes' must be true or false", "extract.cloze"),
     Case("extract-wrong-type", "extract", "extract@test", set_("extract.layers", "first"),
          "extract.layers='first' must be all or a non-empty list of integers", "extract.layers"),
     Case("extract-out-of-range", "extract", "extract@val", set_("extract.batch_size", 0),
@@ -192,14 +203,22 @@ CASES = [
     # distill.arms.<arm>
     Case("distill.arms-choice", "distill.arms.logit_kd", "train@logit_kd",
          set_("distill.arms.logit_kd.soft_labels", "logits"),
-         "distill.arms.logit_kd.soft_labels='logits' must be one of teacher, probe or null",
+         "distill.arms.logit_kd.soft_labels='logits' must be one of teacher, cloze, probe or null",
          "distill.arms.logit_kd.soft_labels"),
     Case("distill.arms-typo", "distill.arms.hld", "train@hld", rename("distill.arms.hld.hld", "hdl"),
          "distill.arms.hld.hdl is not a parameter; did you mean distill.arms.hld.hld?", "distill.arms.hld.hdl"),
     Case("distill.arms-wrong-type", "distill.arms.gold", "train@gold", set_("distill.arms.gold.hld", "no"),
          "distill.arms.gold.hld='no' must be true or false", "distill.arms.gold.hld"),
     Case("distill.arms-undefined", "distill.arms.gold", "train@gold", delete("distill.arms.gold"),
-         "distill.arms.gold is not defined (defined: ['hld', 'logit_kd', 'probe_kd']); add it", "distill.arms.gold"),
+         "distill.arms.gold is not defined (defined: ['cloze_kd', 'hld', 'logit_kd', 'oracle', 'probe_kd']); add it",
+         "distill.arms.gold"),
+    Case("distill.arms-oracle-type", "distill.arms.oracle", "train@oracle",
+         set_("distill.arms.oracle.gold_transfer", 1),
+         "distill.arms.oracle.gold_transfer=1 must be true or false", "distill.arms.oracle.gold_transfer"),
+    Case("distill.arms-missing", "distill.arms.cloze_kd", "train@cloze_kd",
+         delete("distill.arms.cloze_kd.gold_transfer"),
+         "distill.arms.cloze_kd.gold_transfer is missing (CE on transfer's gold answers too",
+         "distill.arms.cloze_kd.gold_transfer"),
     # distill.kd
     Case("distill.kd-out-of-range", "distill.kd", "train@probe_kd", set_("distill.kd.alpha", 1.5),
          "distill.kd.alpha=1.5 must be in [0, 1]", "distill.kd.alpha"),
@@ -236,8 +255,8 @@ CASES = [
          "section `train` is missing or not a mapping", "train"),
 ]  # fmt: skip
 SECTIONS = {
-    "seed", "data", "builtin.task", "builtin.teacher", "builtin.student", "teacher", "student", "prompt", "extract",
-    "probe", "probe.layer", "distill.arms", "distill.kd", "distill.hld", "train",
+    "seed", "data", "builtin.seed", "builtin.task", "builtin.teacher", "builtin.student", "teacher", "student",
+    "prompt", "extract", "probe", "probe.layer", "distill.arms", "distill.kd", "distill.hld", "train",
 }  # fmt: skip
 
 

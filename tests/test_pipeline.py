@@ -32,11 +32,27 @@ def summary(repo: Path) -> dict:
 
 def test_repro_writes_every_arm_and_reference(repo):
     metrics = summary(repo)
-    for arm in ("gold", "logit_kd", "probe_kd", "hld"):
+    for arm in ("gold", "logit_kd", "cloze_kd", "probe_kd", "hld", "oracle"):
         accuracy = metrics[f"{arm}_test_acc"]
-        assert 0.0 <= accuracy <= 1.0
+        assert metrics[f"{arm}_test_acc_ci_low"] <= accuracy <= metrics[f"{arm}_test_acc_ci_high"]
+        assert 0.0 <= metrics[f"{arm}_test_cloze_acc"] <= 1.0
+    for readout in ("teacher_letter", "teacher_cloze", "teacher_cloze_norm", "probe"):
+        assert 0.0 <= metrics[f"{readout}_test_acc"] <= 1.0
+    for difference in (
+        "probe_kd_minus_logit_kd",
+        "probe_kd_minus_cloze_kd",
+        "probe_kd_minus_gold",
+        "probe_minus_best_teacher",
+    ):
+        assert (
+            metrics[f"diff_{difference}_ci_low"]
+            <= metrics[f"diff_{difference}"]
+            <= metrics[f"diff_{difference}_ci_high"]
+        )
+    if metrics["oracle_test_acc"] > metrics["gold_test_acc"]:  # a few tiny steps may not separate them
+        assert metrics["gold_pgr"] == 0.0 and metrics["oracle_pgr"] == 1.0
     store_attrs = json.loads((repo / "data/hidden/test.zarr/zarr.json").read_text())["attributes"]
-    assert store_attrs["complete"] is True and store_attrs["n_examples"] == 32
+    assert store_attrs["complete"] is True and store_attrs["n_examples"] == 32 and store_attrs["has_cloze"] is True
 
 
 def test_second_repro_is_a_no_op(repo):
@@ -66,3 +82,14 @@ def test_sweep_table_reads_dvc_exp_show(repo):
     table = plot_sweep.sweep_table(dvc_json("exp", "show", cwd=repo))
     assert set(table) == {TINY["data"]["labeled"]}
     assert set(table[TINY["data"]["labeled"]]) == set(plot_sweep.ARMS)
+
+
+def test_seed_summary_reads_dvc_exp_show(repo):
+    """The across-seeds command on the real `dvc exp show --json` (the probe.layer experiment above is one run)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("seed_summary", ROOT / "benchmarks" / "seed_summary.py")
+    seed_summary = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(seed_summary)
+    used, values = seed_summary.collect(dvc_json("exp", "show", cwd=repo), [], seed_summary.DEFAULT_METRICS)
+    assert len(used) == 1 and {"probe_kd_test_acc", "teacher_cloze_test_acc", "diff_probe_kd_minus_gold"} <= set(values)

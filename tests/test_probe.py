@@ -25,8 +25,11 @@ N_LAYERS, D_MODEL = 4, 12
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def make_world(root: Path, *, encoder: bool = False, seed: int = 0, signal: float = 3.0) -> tuple[Path, Path]:
-    """Prepared splits with 3..5 choices and stores where only layer INFORMATIVE encodes the answer."""
+def make_world(
+    root: Path, *, encoder: bool = False, seed: int = 0, signal: float = 3.0, cloze: bool = True
+) -> tuple[Path, Path]:
+    """Prepared splits with 3..5 choices and stores where only layer INFORMATIVE encodes the answer; the teacher's
+    letters are weakly informative, its cloze scores (absent for an encoder or with cloze=False) more so."""
     rng = np.random.default_rng(seed)
     directions = rng.normal(size=(5, D_MODEL))  # one direction per answer slot
     prepared, hidden = root / "prepared", root / "hidden"
@@ -43,11 +46,14 @@ def make_world(root: Path, *, encoder: bool = False, seed: int = 0, signal: floa
         write_split(rows, prepared / f"{name}.parquet")
         states = rng.normal(size=(n_examples, N_LAYERS, D_MODEL)) * 2 + 1
         states[:, INFORMATIVE] += signal * directions[answers]
-        logits = np.full((n_examples, 26), np.nan)
+        logits, scores = np.full((n_examples, 26), np.nan), np.full((n_examples, 26), np.nan)
         for i in range(n_examples):
             logits[i, : n_choices[i]] = rng.normal(size=n_choices[i])
             logits[i, answers[i]] += 1.0  # a weakly informative teacher output
-        write_store(hidden / f"{name}.zarr", ids, states, None if encoder else logits)
+            scores[i, : n_choices[i]] = rng.normal(size=n_choices[i]) * 4 - 10  # log-likelihoods, badly scaled
+            scores[i, answers[i]] += 6.0
+        write_store(hidden / f"{name}.zarr", ids, states, None if encoder else logits,
+                    cloze=None if encoder or not cloze else scores)  # fmt: skip
     return prepared, hidden
 
 

@@ -183,7 +183,7 @@ class SeedConfig:
     """The top-level `seed`."""
 
     seed: int = 0
-    """One seed for data splits, the builtin world and models, probe folds and student training."""
+    """One seed for data splits, probe folds and student training (the builtin world and models: builtin.seed)."""
 
     def __post_init__(self) -> None:
         if self.seed < 0:

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from stages.core.atomic import atomic_path
-from stages.core.config import SEED, Section, build, read_seed
+from stages.core.config import Section, build
 from stages.core.errors import InputError
 from stages.core.params import section
 from stages.modeling.builtin import BuiltinModelConfig
 from stages.modeling.loading import BUILTIN_WEIGHTS, ModelRef, hash_folder, resolve
-from stages.sources.builtin_world import TaskConfig
+from stages.sources.builtin_world import BUILTIN_SEED, TaskConfig, read_builtin_seed
 
 log = logging.getLogger(__name__)
 ROLES = ("teacher", "student")
@@ -47,7 +47,8 @@ class ModelSetup:
 
     role: str
     source: ModelSourceConfig
-    seed: int
+    builtin_seed: int | None
+    """builtin.seed, only for a builtin model (the pipeline's `seed` never changes a model)."""
     task: TaskConfig | None
     """builtin.task, only for a builtin model."""
     builtin: BuiltinModelConfig | None
@@ -55,8 +56,8 @@ class ModelSetup:
 
 
 PARAMS = [
-    SEED,
     Section("<role>", ModelSourceConfig),
+    BUILTIN_SEED,
     Section("builtin.task", TaskConfig, "<role>.model: builtin"),
     Section("builtin.<role>", BuiltinModelConfig, "<role>.model: builtin"),
 ]
@@ -83,12 +84,13 @@ def read_role_setup(role: str, params: dict[str, Any]) -> ModelSetup:
             f"params.yaml: {role}.model={source.model}: local folder not found; give a folder saved with "
             "save_pretrained, a hub id (org/name) or builtin"
         )
-    task = builtin = None
+    task = builtin = builtin_seed = None
     if source.model == "builtin":
         builtin_params = section(params, "builtin")
+        builtin_seed = read_builtin_seed(builtin_params)
         task = build(TaskConfig, section(builtin_params, "task"), "builtin.task")
         builtin = build(BuiltinModelConfig, section(builtin_params, role), f"builtin.{role}")
-    return ModelSetup(role, source, read_seed(params), task, builtin)
+    return ModelSetup(role, source, builtin_seed, task, builtin)
 
 
 def run(setup: ModelSetup, out: Path) -> ModelRef:
@@ -96,10 +98,10 @@ def run(setup: ModelSetup, out: Path) -> ModelRef:
     config = setup.source
     with atomic_path(out, directory=True) as temp:
         temp.mkdir(parents=True, exist_ok=True)
-        if setup.builtin is not None and setup.task is not None:
+        if setup.builtin is not None and setup.task is not None and setup.builtin_seed is not None:
             from stages.modeling.builtin import train_builtin  # torch and tokenizers: only when pretraining
 
-            train_builtin(setup.builtin, setup.task, setup.seed, setup.role, temp / BUILTIN_WEIGHTS)
+            train_builtin(setup.builtin, setup.task, setup.builtin_seed, setup.role, temp / BUILTIN_WEIGHTS)
             ref = ModelRef(BUILTIN_WEIGHTS, hash_folder(temp / BUILTIN_WEIGHTS), "causal_lm", builtin=True)
         else:
             ref = resolve(config.model, revision=config.revision, trust_remote_code=config.trust_remote_code)

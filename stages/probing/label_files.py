@@ -1,10 +1,10 @@
-"""Soft-label parquet files (`data/labels/{probe,teacher}.parquet`): the contract between `label` and `train`.
+"""Soft-label parquet files (`data/labels/{probe,teacher,cloze}.parquet`): the contract between `label` and `train`.
 
 One row per labeled or transfer example: `id`, `split`, `n_choices`, `probs` (list<float32> of length
 n_choices, sums to 1), `layer` (probe layer; null for teacher labels), `fold` (the cross-fitting fold that did
 not see a labeled example; null otherwise). Provenance lives in the parquet key-value metadata, each value
-JSON-encoded: `kind` (probe | teacher), `available` (false for an encoder teacher: zero rows), `layer`,
-`temperature`, `teacher`.
+JSON-encoded: `kind` (probe | teacher | cloze), `available` (false when the teacher has no such readout: zero
+rows, and `missing` says why), `layer`, `temperature`, `teacher`.
 """
 
 from __future__ import annotations
@@ -79,10 +79,9 @@ def read_labels(path: str | Path, split: Split, split_name: str) -> np.ndarray:
     path = Path(path)
     metadata = read_metadata(path)
     if not metadata.get("available", True):
-        teacher = metadata.get("teacher") or {}
         raise InputError(
-            f"{path}: no labels: teacher {teacher.get('model', '?')} has no LM head (encoder-only), so it has no "
-            "output distribution; logit_kd needs a teacher with an LM head (use probe_kd or hld instead)"
+            f"{path}: no {metadata.get('kind', '?')} labels: {metadata.get('missing', 'the teacher has none')}; an arm "
+            "distilling from them cannot run (use probe_kd or hld instead)"
         )
     table = pq.read_table(str(path))
     if not table.schema.remove_metadata().equals(LABEL_SCHEMA):

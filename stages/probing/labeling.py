@@ -1,9 +1,11 @@
-"""`label`: probe labels and teacher-output labels for `labeled` + `transfer`, and their quality on transfer.
+"""`label`: soft labels for `labeled` + `transfer` from each source, their quality on transfer, and every readout
+of the teacher and the probe on every split.
 
 Probe labels come from `data/probe/probs.safetensors` at the layer `probe.layer` picks (nothing is refitted):
-out-of-fold for labeled examples, the all-labeled refit for transfer. Teacher labels are the softmax of the
-teacher's option-letter logits over each question's valid options (temperature 1), read from the hidden stores;
-an encoder teacher has none, so `teacher.parquet` is empty with `available: false`.
+out-of-fold for labeled examples, the all-labeled refit for transfer. Teacher labels are the teacher's letter
+distribution (`teacher.parquet`, temperature 1) and its cloze distribution (`cloze.parquet`, temperature fitted
+on val), read from the hidden stores (stages/probing/readouts.py). A source the stores lack (an encoder teacher,
+`extract.cloze: false`) gets an empty file with `available: false` and the reason.
 """
 
 from __future__ import annotations
@@ -15,21 +17,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pyarrow as pa
 
 from stages.core.atomic import atomic_path, write_text_atomic
 from stages.core.config import Section, build
 from stages.core.errors import InputError
 from stages.core.layers import resolve_layer
-from stages.core.metrics import accuracy, best_layer_index, masked_softmax, summary
+from stages.core.metrics import accuracy, best_layer_index, summary
 from stages.core.params import section
+from stages.core.predictions import write_predictions
 from stages.probing.label_files import label_table, write_labels
 from stages.probing.probe_files import read_probe_output
-from stages.sources.schema import Split, read_split
-from stages.store.reader import HiddenStore
+from stages.probing.readouts import Missing, Probabilities, accuracies, predictions, teacher_readouts
+from stages.sources.schema import SPLITS, Split, read_split
+from stages.store.reader import open_stores
 
 log = logging.getLogger(__name__)
 LABEL_SPLITS = ("labeled", "transfer")
+SOURCES = {"probe": "probe", "teacher": "teacher_letter", "cloze": "teacher_cloze"}  # soft_labels -> its readout
 
 
 @dataclass(frozen=True)
@@ -51,48 +55,28 @@ def select_layer(requested: int | str, layers: list[int], n_teacher_layers: int,
     return layers.index(resolved)
 
 
-def probe_tables(
-    probs: dict[str, np.ndarray], splits: dict[str, Split], labeled_fold: np.ndarray, index: int, layer: int
-) -> list[pa.Table]:
-    """Rows of the probe label file: labeled (out-of-fold, with its fold) then transfer."""
-    return [
-        label_table(
-            splits[name].ids,
-            name,
-            probs[name][index],
-            splits[name].n_choices,
-            layer=layer,
-            folds=labeled_fold if name == "labeled" else None,
-        )
-        for name in LABEL_SPLITS
-    ]
-
-
-def teacher_probs(option_logits: np.ndarray, split: Split) -> np.ndarray:
-    """(n_examples, MAX_CHOICES) softmax of the letter logits over each question's valid options."""
-    valid = split.valid_mask()
-    if np.isnan(option_logits[valid]).any():
-        raise InputError("teacher option_logits are NaN on a valid option slot; rerun `dvc repro extract`")
-    return masked_softmax(option_logits, valid)
-
-
-def label_quality(probe: np.ndarray, teacher: np.ndarray | None, answers: np.ndarray, layer: int) -> dict[str, Any]:
-    """Transfer-set quality of both label sources against the hidden gold (dvc shows `probe.acc`, ...)."""
-    quality: dict[str, Any] = {"probe": {**summary(probe, answers), "layer": layer}}
-    quality["teacher"] = {"available": False} if teacher is None else {**summary(teacher, answers), "available": True}
+def label_quality(readouts: dict[str, Probabilities | Missing], answers: np.ndarray, layer: int) -> dict[str, Any]:
+    """Transfer-set quality of every soft-label source against the hidden gold (dvc shows `probe.acc`, ...)."""
+    quality: dict[str, Any] = {}
+    for source, readout in SOURCES.items():
+        probs = readouts[readout]
+        quality[source] = {"available": False} if isinstance(probs, Missing) else {
+            **summary(probs["transfer"], answers), "available": True
+        }  # fmt: skip
+    quality["probe"]["layer"] = layer
     return quality
 
 
 @dataclass(frozen=True)
 class LabelPaths:
     prepared: Path
-    """Folder of the prepared splits (labeled and transfer are read)."""
+    """Folder of the prepared splits (all four are read)."""
     hidden: Path
-    """Folder of the hidden-state stores (the teacher's option logits of labeled and transfer)."""
+    """Folder of the hidden-state stores (the teacher's letter logits and cloze scores of every split)."""
     probe: Path
     """The probe stage's output folder."""
     out: Path
-    """Folder for probe.parquet, teacher.parquet and quality.json."""
+    """Folder for the label files, quality.json, readouts.json and test_predictions.parquet."""
 
 
 PARAMS = [Section("probe", LabelConfig, "only probe.layer")]
@@ -105,38 +89,47 @@ def read_label_config(params: dict[str, Any]) -> LabelConfig:
 
 
 def run(config: LabelConfig, paths: LabelPaths) -> dict[str, Any]:
-    """Write both label files and quality.json; returns the quality."""
-    splits = {name: read_split(paths.prepared / f"{name}.parquet") for name in LABEL_SPLITS}
+    """Write the label files, quality.json, readouts.json and the test predictions; returns the quality."""
+    splits = {name: read_split(paths.prepared / f"{name}.parquet") for name in SPLITS}
     tensors, metadata = read_probe_output(paths.probe, splits)
     layers = [int(layer) for layer in tensors["layers"]]
     cv_acc = [accuracy(probs, splits["labeled"].answers) for probs in tensors["labeled"]]
     index = select_layer(config.layer, layers, int(metadata["n_teacher_layers"]), cv_acc)
     layer, temperature = layers[index], float(tensors["temperature"][index])
     log.info("label: probe layer %s (cv accuracy %.3f, temperature %.3g)", layer, cv_acc[index], temperature)
-
-    stores = {name: HiddenStore.open(paths.hidden / f"{name}.zarr") for name in LABEL_SPLITS}
+    stores = open_stores(paths.hidden, splits)
+    readouts, cloze_temperature = teacher_readouts(stores, splits)
+    readouts["probe"] = {name: tensors[name][index] for name in SPLITS}
     teacher = stores["labeled"].attrs.get("teacher")
-    logits = {name: store.option_logits() for name, store in stores.items()}
-    present = {name: value for name, value in logits.items() if value is not None}
-    available = len(present) == len(logits)
-    teacher_labels = {name: teacher_probs(present[name], split) for name, split in splits.items()} if available else {}
-    provenance = {"teacher": teacher, "probe": metadata.get("config")}
-    transfer = splits["transfer"]
-    quality = label_quality(tensors["transfer"][index], teacher_labels.get("transfer"), transfer.answers, layer)
-
-    with (
-        atomic_path(paths.out / "probe.parquet") as probe_path,
-        atomic_path(paths.out / "teacher.parquet") as teacher_path,
-    ):
-        write_labels(
-            probe_tables(tensors, splits, tensors["labeled_fold"], index, layer),
-            probe_path,
-            {**provenance, "kind": "probe", "available": True, "layer": layer, "temperature": temperature},
-        )
-        tables = [label_table(splits[n].ids, n, teacher_labels[n], splits[n].n_choices) for n in teacher_labels]
-        write_labels(
-            tables, teacher_path, {"teacher": teacher, "kind": "teacher", "available": available, "temperature": 1.0}
-        )
+    provenance: dict[str, dict[str, Any]] = {
+        "probe": {"layer": layer, "temperature": temperature, "probe": metadata.get("config")},
+        "teacher": {"temperature": 1.0},
+        "cloze": {"temperature": cloze_temperature},
+    }
+    quality = label_quality(readouts, splits["transfer"].answers, layer)
+    table = {"layer": layer, **accuracies(readouts, splits)}
+    for source, readout in SOURCES.items():
+        folds = tensors["labeled_fold"] if source == "probe" else None
+        write_source(paths.out / f"{source}.parquet", readouts[readout], splits, folds,
+                     {"teacher": teacher, "kind": source, **provenance[source]})  # fmt: skip
+    test = splits["test"]
+    with atomic_path(paths.out / "test_predictions.parquet") as path:
+        write_predictions(path, test.ids, test.answers, predictions(readouts, "test"), {"probe_layer": layer})
+    write_text_atomic(paths.out / "readouts.json", json.dumps(table, indent=2, sort_keys=True) + "\n")
     write_text_atomic(paths.out / "quality.json", json.dumps(quality, indent=2, sort_keys=True) + "\n")
-    log.info("label: wrote %s (teacher labels available: %s)", paths.out, available)
+    log.info("label: wrote %s; readouts %s", paths.out, json.dumps(table))
     return quality
+
+
+def write_source(
+    path: Path, probs: Probabilities | Missing, splits: dict[str, Split], folds: np.ndarray | None, metadata: dict
+) -> None:
+    """One source's label file: labeled (with its cross-fitting folds, for the probe) then transfer rows."""
+    missing = {"missing": probs.why} if isinstance(probs, Missing) else {}
+    tables = [] if isinstance(probs, Missing) else [
+        label_table(splits[name].ids, name, probs[name], splits[name].n_choices,
+                    layer=metadata.get("layer"), folds=folds if name == "labeled" else None)
+        for name in LABEL_SPLITS
+    ]  # fmt: skip
+    with atomic_path(path) as temp:
+        write_labels(tables, temp, {**metadata, "available": not missing, **missing})

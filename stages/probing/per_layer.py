@@ -21,7 +21,7 @@ from stages.core.params import section
 from stages.probing.fit import FitSettings, cross_fit, fit_temperature, predict
 from stages.probing.probe_files import ProbeResult, write_outputs
 from stages.sources.schema import SPLITS, Split, read_split
-from stages.store.reader import HiddenStore
+from stages.store.reader import HiddenStore, open_stores
 
 log = logging.getLogger(__name__)
 CHUNK_BYTES = 512 * 2**20  # float32 features of one layer chunk; fitting needs about 3x this
@@ -134,15 +134,7 @@ def read_probe_config(params: dict[str, Any]) -> ProbeConfig:
 
 def open_inputs(prepared: Path, hidden: Path) -> tuple[dict[str, Split], dict[str, HiddenStore]]:
     splits = {name: read_split(prepared / f"{name}.parquet") for name in SPLITS}
-    stores = {name: HiddenStore.open(hidden / f"{name}.zarr") for name in SPLITS}
-    for name in SPLITS:
-        if stores[name].example_ids != splits[name].ids:
-            raise InputError(
-                f"{hidden / name}.zarr: example ids differ from {prepared / name}.parquet; rerun `dvc repro extract`"
-            )
-        if stores[name].layers != stores["labeled"].layers:
-            raise InputError(f"{hidden / name}.zarr holds other layers than labeled.zarr; rerun `dvc repro extract`")
-    return splits, stores
+    return splits, open_stores(hidden, splits)
 
 
 @dataclass(frozen=True)

@@ -1,27 +1,34 @@
-"""`summarize`: every arm's test accuracy, the teacher's and the probe's, and label quality in one metrics file.
+"""`summarize`: every arm, every teacher readout and the probe on test, with intervals, PGR and paired differences.
 
-Reads `data/students/<arm>/metrics.json` (written by `train`), `data/probe/metrics.json` (`test_acc` and
-`best_layer` of the probe at the best cross-validated layer; `teacher_test_acc`, the teacher's own letter
-accuracy, absent for an encoder teacher) and `data/labels/quality.json` (any nesting; its numbers are copied
-under `labels_<path>`). Writes `data/summary/metrics.json` (flat keys, so `dvc metrics diff` and
-`dvc exp show` read as a table) and `data/summary/accuracy.csv` (test accuracy per model, a bar chart).
+Reads each arm's folder (`data/students/<arm>/`: `metrics.json`, `test_predictions.parquet`) and the label folder
+(`data/labels/`: `test_predictions.parquet` of the teacher readouts and the probe, `readouts.json`, `quality.json`).
+Writes `data/summary/metrics.json`, flat keys that `dvc metrics diff` and `dvc exp show` read as a table:
+- `<readout>_test_acc` with `_ci_low` / `_ci_high` for `teacher_letter`, `teacher_cloze`, `teacher_cloze_norm`,
+  `probe` (`probe_layer` beside it), and for each arm (letter readout) and `<arm>_test_cloze_acc` (cloze readout);
+- `<arm>_pgr`: (arm - gold) / (oracle - gold) on letter accuracy, when both gold and oracle ran and oracle > gold;
+- `diff_<a>_minus_<b>` with intervals: probe_kd against logit_kd, cloze_kd and gold, and `diff_probe_minus_best_teacher`
+  (the probe against the best teacher readout, the best picked inside every resample);
+- `labels_<source>_<metric>`: label quality on transfer, and the arms' `_test_nll`, `_test_ece`, `_val_acc`.
+Intervals: 95% percentile bootstrap over test questions, all sharing one set of resamples (stages/core/intervals.py).
+Also `data/summary/accuracy.csv` (test accuracy per model, a bar chart). Reading and writing: collect.py.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from stages.core.atomic import atomic_path
-from stages.core.errors import InputError
-from stages.core.plot_data import write_csv
+import numpy as np
+
+from stages.core.intervals import accuracy_interval, difference_interval, performance_gap_recovered, resample_indices
 
 log = logging.getLogger(__name__)
-ARM_KEYS = ("test_acc", "test_nll", "test_ece", "val_acc")
-PROBE_KEYS = {"test_acc": "probe_test_acc", "best_layer": "probe_layer", "teacher_test_acc": "teacher_test_acc"}
+ARM_KEYS = ("test_nll", "test_ece", "val_acc", "test_cloze_norm_acc")
+READOUTS = ("teacher_letter", "teacher_cloze", "teacher_cloze_norm", "probe")
+TEACHER_READOUTS = READOUTS[:3]
+ARM_READOUTS = {"letter": "test_acc", "cloze": "test_cloze_acc"}  # a student's readout -> its metric name
+DIFFERENCES = (("probe_kd", "logit_kd"), ("probe_kd", "cloze_kd"), ("probe_kd", "gold"))
 
 
 def flatten(prefix: str, value: Any) -> dict[str, float]:
@@ -35,68 +42,79 @@ def flatten(prefix: str, value: Any) -> dict[str, float]:
     return {}
 
 
+def with_interval(name: str, estimate: tuple[float, float, float]) -> dict[str, float]:
+    point, low, high = estimate
+    return {name: point, f"{name}_ci_low": low, f"{name}_ci_high": high}
+
+
+@dataclass(frozen=True)
+class TestResults:
+    """Per-question correctness on test: `correct[model][readout]` (n_questions,) bool, in one question order."""
+
+    ids: list[str]
+    correct: dict[str, dict[str, np.ndarray]]  # "teacher" (its readouts and the probe) or an arm name
+
+
+def accuracies(results: TestResults, indices: np.ndarray) -> dict[str, float]:
+    """Every readout's test accuracy with its interval."""
+    summary: dict[str, float] = {}
+    for readout in READOUTS:
+        if readout in results.correct["teacher"]:
+            summary.update(with_interval(f"{readout}_test_acc", accuracy_interval(results.correct["teacher"][readout],
+                                                                                   indices)))  # fmt: skip
+    for arm, correct in results.correct.items():
+        for readout, metric in ARM_READOUTS.items():
+            if arm != "teacher" and readout in correct:
+                summary.update(with_interval(f"{arm}_{metric}", accuracy_interval(correct[readout], indices)))
+    return summary
+
+
+def differences(results: TestResults, indices: np.ndarray) -> dict[str, float]:
+    """The paired differences that matter, for those whose models ran."""
+    summary: dict[str, float] = {}
+    arms = {arm: correct["letter"] for arm, correct in results.correct.items() if arm != "teacher"}
+    for first, second in DIFFERENCES:
+        if first in arms and second in arms:
+            estimate = difference_interval(arms[first], [arms[second]], indices)
+            summary.update(with_interval(f"diff_{first}_minus_{second}", estimate))
+    teacher = results.correct["teacher"]
+    readouts = [teacher[name] for name in TEACHER_READOUTS if name in teacher]
+    if "probe" in teacher and readouts:
+        estimate = difference_interval(teacher["probe"], readouts, indices)
+        summary.update(with_interval("diff_probe_minus_best_teacher", estimate))
+    return summary
+
+
+def gaps_recovered(summary: dict[str, float], arms: list[str]) -> dict[str, float]:
+    """`<arm>_pgr` for every arm, when gold and oracle both ran and the oracle beats gold."""
+    if "gold_test_acc" not in summary or "oracle_test_acc" not in summary:
+        return {}
+    gold, oracle = summary["gold_test_acc"], summary["oracle_test_acc"]
+    pgr = {f"{arm}_pgr": performance_gap_recovered(summary[f"{arm}_test_acc"], gold, oracle) for arm in arms}
+    if any(value is None for value in pgr.values()):
+        log.warning("summary: oracle (%.3f) does not beat gold (%.3f): no performance gap to recover", oracle, gold)
+        return {}
+    return {name: value for name, value in pgr.items() if value is not None}
+
+
 def summarize(
-    arm_metrics: dict[str, dict[str, Any]], probe_metrics: dict[str, Any] | None, quality: dict[str, Any] | None
-) -> dict[str, Any]:
-    """Flat summary: `<arm>_test_acc` (and nll, ece, val acc) per arm, teacher and probe accuracy, label quality."""
-    summary: dict[str, Any] = {}
+    results: TestResults, arm_metrics: dict[str, dict[str, Any]], readouts: dict[str, Any] | None,
+    quality: dict[str, Any] | None,
+) -> dict[str, Any]:  # fmt: skip
+    """The flat summary (see the module docstring)."""
+    indices = resample_indices(len(results.ids))
+    summary: dict[str, Any] = accuracies(results, indices)
+    if readouts and "layer" in readouts:
+        summary["probe_layer"] = readouts["layer"]
+    summary.update(gaps_recovered(summary, list(arm_metrics)))
+    summary.update(differences(results, indices))
     for arm, metrics in arm_metrics.items():
         summary.update({f"{arm}_{key}": metrics[key] for key in ARM_KEYS if key in metrics})
-    for key, name in PROBE_KEYS.items():
-        if probe_metrics and probe_metrics.get(key) is not None:
-            summary[name] = probe_metrics[key]
     summary.update(flatten("labels", quality or {}))
     return summary
 
 
 def accuracy_rows(summary: dict[str, Any], arms: list[str]) -> list[tuple[str, float]]:
-    """(model, test accuracy) for the bar chart: each arm, then the probe and the teacher when known."""
-    names = [*arms, "probe", "teacher"]
+    """(model, test accuracy) for the bar chart: each arm, then the probe and the teacher readouts when known."""
+    names = [*arms, "probe", *TEACHER_READOUTS]
     return [(name, summary[f"{name}_test_acc"]) for name in names if f"{name}_test_acc" in summary]
-
-
-def read_json(path: Path, *, required: bool, why: str) -> dict[str, Any] | None:
-    if not path.exists():
-        if required:
-            raise InputError(f"{path}: not found ({why})")
-        log.warning("%s: not found; the summary leaves it out (%s)", path, why)
-        return None
-    try:
-        loaded = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise InputError(f"{path}: not valid JSON ({error})") from error
-    if not isinstance(loaded, dict):
-        raise InputError(f"{path}: expected a JSON object")
-    return loaded
-
-
-@dataclass(frozen=True)
-class SummaryPaths:
-    arms: list[Path]
-    """Each arm's metrics.json; the arm's name is its folder's (data/students/<arm>/metrics.json)."""
-    probe: Path
-    """The probe stage's metrics.json."""
-    labels: Path
-    """The label stage's quality.json."""
-    out: Path
-    """Folder for metrics.json and accuracy.csv, replaced atomically."""
-
-
-def run(paths: SummaryPaths) -> dict[str, Any]:
-    """Write the flat summary and the accuracy bar-chart data; returns the summary."""
-    arm_metrics = {}
-    for path in paths.arms:
-        arm = path.parent.name
-        metrics = read_json(path, required=True, why=f"run `dvc repro train@{arm}`")
-        if metrics is None or "test_acc" not in metrics:
-            raise InputError(f"{path}: no test_acc; rerun train@{arm}")
-        arm_metrics[arm] = metrics
-    probe = read_json(paths.probe, required=False, why="run `dvc repro probe`")
-    quality = read_json(paths.labels, required=False, why="run `dvc repro label`")
-    summary = summarize(arm_metrics, probe, quality)
-    with atomic_path(paths.out, directory=True) as out:
-        # Sorted like every JSON artifact (`dvc metrics show` sorts its columns anyway): each arm's keys stay together.
-        (out / "metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        write_csv(out / "accuracy.csv", ["model", "test_acc"], accuracy_rows(summary, list(arm_metrics)))
-    log.info("summary: %s", json.dumps(summary))
-    return summary

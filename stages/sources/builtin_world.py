@@ -6,8 +6,8 @@ each ("zabo is a fruit."), the categories split into fixed groups of `n_choices`
 names of zabo's group). Options always come in the group's canonical category order, so the right SLOT is a
 function of recalled knowledge (the category's index within its group), not of in-context matching, which a
 tiny model does not learn within a CPU budget (measured: letter accuracy 0.26 and probes at chance with
-shuffled options). Everything is a pure function of (task params, seed): the world from the seed, example i of
-a split from (seed, split, i).
+shuffled options). Everything is a pure function of (task params, seed), the seed being `builtin.seed` (never the
+pipeline's `seed`, which only splits the pool): the world from the seed, example i of a split from (seed, split, i).
 
 Two pretraining corpora come from the same world (see `sample_document`): the teacher's holds the facts plus
 answered MC questions in the pipeline's own prompt, answered mostly by option NUMBER or option TEXT and only
@@ -23,6 +23,7 @@ import random
 from dataclasses import dataclass
 from functools import lru_cache
 
+from stages.core.config import Section, build
 from stages.core.errors import InputError
 from stages.sources.prompts import LETTERS, format_prompt
 
@@ -33,6 +34,27 @@ CATEGORIES = (
 CONSONANTS = "bdfgklmnprstvz"
 VOWELS = "aeiou"
 SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class BuiltinSeedConfig:
+    """`builtin.seed`: the builtin world's own seed, apart from the pipeline's `seed`."""
+
+    seed: int = 0
+    """Seed of the builtin world (its words), its question pool and the builtin models' pretraining. Kept apart
+    from `seed` so that a seed sweep holds the task and the teacher fixed, as a real dataset and teacher are."""
+
+    def __post_init__(self) -> None:
+        if self.seed < 0:
+            raise InputError(f"params.yaml: builtin.seed={self.seed} must be an integer >= 0")
+
+
+BUILTIN_SEED = Section("builtin", BuiltinSeedConfig, "builtin data or models; only builtin.seed")
+
+
+def read_builtin_seed(builtin: dict) -> int:
+    """`builtin.seed` from the `builtin` section (whose other keys are sub-sections read elsewhere)."""
+    return build(BuiltinSeedConfig, {key: builtin[key] for key in ("seed",) if key in builtin}, "builtin").seed
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@
 lacks is simply absent; `stages.prepare` decides how to carve it (and logs that it did).
 
 Sources (`data.dataset`):
-- `builtin`: `stages.sources.builtin_world.dataset_splits(builtin.task, seed)`.
+- `builtin`: `stages.sources.builtin_world.dataset_splits(builtin.task, builtin.seed)`.
 - `arc_easy`, `arc_challenge`: hub `allenai/ai2_arc`, or `data.path` = a folder holding the AI2 release files
   `ARC-Easy-{Train,Dev,Test}.jsonl` (directly or in an `ARC-Easy/` subfolder). Labels are letters or digits and
   a row has 3 to 5 choices, so `answerKey` maps to the position of the matching label, never `ord(key) - 65`.
@@ -42,11 +42,11 @@ __all__ = ["LoadedDataset", "load_dataset_splits"]
 
 
 def load_dataset_splits(
-    dataset: str, path: str | None, on_invalid: str, builtin_task: TaskConfig | None = None, seed: int = 0
+    dataset: str, path: str | None, on_invalid: str, builtin_task: TaskConfig | None = None, builtin_seed: int = 0
 ) -> LoadedDataset:
     """The dataset named by `data.dataset` (and `data.path`), validated, grouped by role."""
     if dataset == "builtin":
-        return load_builtin(builtin_task or TaskConfig(), seed, on_invalid)
+        return load_builtin(builtin_task or TaskConfig(), builtin_seed, on_invalid)
     if dataset in BENCHMARKS:
         if path is None:
             return load_from_hub(dataset, on_invalid)

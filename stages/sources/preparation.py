@@ -13,7 +13,7 @@ from stages.core.atomic import atomic_path
 from stages.core.config import SEED, Section, build, read_seed
 from stages.core.params import section
 from stages.sources.benchmarks import BENCHMARKS
-from stages.sources.builtin_world import TaskConfig
+from stages.sources.builtin_world import BUILTIN_SEED, TaskConfig, read_builtin_seed
 from stages.sources.data_config import PrepareConfig
 from stages.sources.loading import LoadedDataset, load_dataset_splits
 from stages.sources.schema import SPLITS, write_split
@@ -28,8 +28,11 @@ class PrepareSetup:
 
     data: PrepareConfig
     seed: int
+    """The pipeline's seed: which examples go to which split."""
     task: TaskConfig | None
     """builtin.task, only for the builtin dataset."""
+    builtin_seed: int | None = None
+    """builtin.seed, only for the builtin dataset: its world and question pool."""
 
 
 @dataclass(frozen=True)
@@ -40,15 +43,22 @@ class PreparePaths:
     """Folder for {labeled,transfer,val,test}.parquet, replaced atomically."""
 
 
-PARAMS = [SEED, Section("data", PrepareConfig), Section("builtin.task", TaskConfig, "data.dataset: builtin")]
+PARAMS = [
+    SEED,
+    Section("data", PrepareConfig),
+    BUILTIN_SEED,
+    Section("builtin.task", TaskConfig, "data.dataset: builtin"),
+]
 
 
 def read_prepare_setup(params: dict[str, Any]) -> PrepareSetup:
     data = build(PrepareConfig, section(params, "data"), "data")
-    task = None
+    task = builtin_seed = None
     if data.dataset == "builtin":
-        task = build(TaskConfig, section(section(params, "builtin"), "task"), "builtin.task")
-    return PrepareSetup(data, read_seed(params), task)
+        builtin = section(params, "builtin")
+        task = build(TaskConfig, section(builtin, "task"), "builtin.task")
+        builtin_seed = read_builtin_seed(builtin)
+    return PrepareSetup(data, read_seed(params), task, builtin_seed)
 
 
 def warn_if_not_a_dep(config: PrepareConfig, raw: Path) -> None:
@@ -77,7 +87,10 @@ def run(setup: PrepareSetup, paths: PreparePaths) -> dict[str, int]:
     """Load, split, and write the four parquet files into `paths.out` atomically; returns the counts."""
     config, seed, out_dir = setup.data, setup.seed, paths.out
     warn_if_not_a_dep(config, paths.raw)
-    loaded: LoadedDataset = load_dataset_splits(config.dataset, config.path, config.on_invalid, setup.task, seed)
+    # The builtin pool comes from builtin.seed (the task, fixed like a real dataset); `seed` only splits it.
+    builtin_seed = setup.builtin_seed or 0
+    loaded: LoadedDataset = load_dataset_splits(config.dataset, config.path, config.on_invalid, setup.task,
+                                                builtin_seed)  # fmt: skip
     prepared, notes = assign_splits(loaded.splits, config, seed)
     for note in notes:  # carving changes what the splits mean: say so loudly
         (log.info if note.startswith("pool of") else log.warning)("%s: %s", config.dataset, note)
@@ -88,6 +101,7 @@ def run(setup: PrepareSetup, paths: PreparePaths) -> dict[str, int]:
         "dataset": config.dataset,
         "origin": loaded.origin,
         "seed": str(seed),
+        **({"builtin_seed": str(setup.builtin_seed)} if setup.builtin_seed is not None else {}),
         "on_invalid": config.on_invalid,
         "skipped": json.dumps(loaded.skipped, sort_keys=True),
         "carving": json.dumps(notes),

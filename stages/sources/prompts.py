@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 LETTERS = string.ascii_uppercase  # 26 option slots at most
 MAX_CHOICES = len(LETTERS)
 DEFAULT_TEMPLATE = "{question}\n{options}\nAnswer:"
+DEFAULT_CLOZE_TEMPLATE = "{question}\nAnswer:"
 
 
 @dataclass(frozen=True)
@@ -29,18 +30,26 @@ class PromptConfig:
     """Python format string with `{question}` and `{options}`; must end where the answer letter would go."""
     option_format: str = "{letter}. {text}"
     """How one option line reads; `{letter}` and `{text}`."""
+    cloze_template: str = DEFAULT_CLOZE_TEMPLATE
+    """The cloze readout's context: `{question}` without the options; each option's text, after a space, is scored
+    as its continuation (lm-evaluation-harness style)."""
 
     def __post_init__(self) -> None:
         for field in ("{question}", "{options}"):
             if field not in self.template:
                 raise InputError(f"params.yaml: prompt.template must contain {field}; got {self.template!r}")
+        if "{question}" not in self.cloze_template or "{options}" in self.cloze_template:
+            raise InputError(
+                "params.yaml: prompt.cloze_template must contain {question} and not {options} (the cloze readout "
+                f"hides the options); got {self.cloze_template!r}"
+            )
         for field in ("{letter}", "{text}"):
             if field not in self.option_format:
                 raise InputError(f"params.yaml: prompt.option_format must contain {field}; got {self.option_format!r}")
 
     @property
     def digest(self) -> str:
-        """Short hash of everything that changes the prompt text (recorded in artifacts)."""
+        """Short hash of everything that changes the lettered prompt's text (recorded in artifacts)."""
         payload = f"{self.template}\x00{self.option_format}".encode()
         return hashlib.sha256(payload).hexdigest()[:16]
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from stages.core.errors import InputError
+from stages.modeling.batching import length_batches, pad_rows
 
 POSITION_RULE = "last_non_special"
 
@@ -63,22 +64,11 @@ def tokenize_prompts(
 
 def shard_batches(lengths: np.ndarray, start: int, stop: int, batch_size: int) -> list[np.ndarray]:
     """Example indices of [start, stop) cut into batches of similar length (stable sort: deterministic)."""
-    order = start + np.argsort(lengths[start:stop], kind="stable")
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return length_batches(lengths, start, stop, batch_size)
 
 
 def collate(tokens: TokenizedPrompts, rows: np.ndarray, pad_id: int, padding_side: str) -> Batch:
     """Pad the rows' prompts on the tokenizer's side; answer positions and position ids follow the padding."""
-    lengths = tokens.lengths[rows]
-    seq = int(lengths.max())
-    input_ids = np.full((len(rows), seq), pad_id, dtype=np.int64)
-    attention_mask = np.zeros((len(rows), seq), dtype=np.int64)
-    offsets = seq - lengths if padding_side == "left" else np.zeros_like(lengths)
-    for i, row in enumerate(rows):
-        input_ids[i, offsets[i] : offsets[i] + lengths[i]] = tokens.input_ids[row]
-        attention_mask[i, offsets[i] : offsets[i] + lengths[i]] = 1
-    # Models such as Llama number positions 0..seq-1 regardless of the mask; explicit ids keep a
-    # left-padded row identical to the same prompt unpadded.
-    position_ids = np.clip(np.cumsum(attention_mask, axis=1) - 1, 0, None)
+    input_ids, attention_mask, position_ids, offsets = pad_rows(tokens.input_ids, rows, pad_id, padding_side)
     answer_position = offsets + tokens.answer_index[rows]
     return Batch(rows, input_ids, attention_mask, position_ids, answer_position)

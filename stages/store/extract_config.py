@@ -28,6 +28,9 @@ class ExtractConfig:
     """auto (cuda when available) | cpu | cuda | cuda:N."""
     device_map: str | None = None
     """e.g. auto: spread a teacher too big for one GPU over all GPUs (accelerate big-model inference)."""
+    cloze: bool = True
+    """Also store the cloze readout: each option's log-likelihood as the continuation of the question without
+    options (one extra forward per option; prompt.cloze_template). false skips it for very large runs."""
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "shard_examples"):

@@ -1,5 +1,6 @@
 """`extract@<split>`: one forward pass of the frozen teacher per prompt, the answer position of every
-requested layer into a resumable zarr store (layout in stages/store/reader.py, writing in writer.py).
+requested layer into a resumable zarr store (layout in stages/store/reader.py, writing in writer.py); with
+`extract.cloze`, one more forward per option for the cloze readout (stages/modeling/cloze.py), in the same shards.
 
 Data-parallel under `accelerate launch` / `torchrun`: process r computes shards r, r + world, ...; rank 0
 creates and finalises the store. Batches never cross a shard, so values do not depend on the process count.
@@ -17,6 +18,7 @@ from typing import Any
 from tqdm import tqdm
 
 from stages.core.errors import InputError
+from stages.modeling.cloze import DELIMITER, RULE, ClozeTokens, tokenize_cloze
 from stages.sources.prompts import PromptConfig, check_prompts_fit, format_prompt
 from stages.sources.schema import Split
 from stages.store.batches import POSITION_RULE, tokenize_prompts
@@ -31,8 +33,26 @@ def library_versions() -> dict[str, str]:
     return {name: importlib.metadata.version(name) for name in ("torch", "transformers", "zarr", "numpy")}
 
 
+def cloze_description(prompt: PromptConfig) -> dict[str, str]:
+    return {"template": prompt.cloze_template, "delimiter": DELIMITER, "rule": RULE}
+
+
+def cloze_missing(teacher: Teacher, config: ExtractConfig) -> str | None:
+    """Why the store has no cloze readout (None: it has one)."""
+    if not config.cloze:
+        return "extract.cloze is false (set it to true and rerun extract)"
+    if teacher.ref.kind != "causal_lm":
+        return f"teacher {teacher.describe()['model']} has no LM head (encoder-only), so it scores no text"
+    return None
+
+
 def determining_values(split: Split, teacher: Teacher, prompt: PromptConfig, config: ExtractConfig) -> dict[str, Any]:
-    """Everything that determines the stored values: the store's fingerprint is their hash."""
+    """Everything that determines the stored values: the store's fingerprint is their hash.
+
+    The cloze readout adds its key only when stored, so turning it off leaves the fingerprint of a hidden-state-only
+    store as it was.
+    """
+    cloze = {} if cloze_missing(teacher, config) else {"cloze": cloze_description(prompt)}
     return {
         "teacher": teacher.describe(),
         "prompt_digest": prompt.digest,
@@ -44,6 +64,7 @@ def determining_values(split: Split, teacher: Teacher, prompt: PromptConfig, con
         "compute": f"{teacher.device.type}:{teacher.compute_dtype}",
         "letter_token_ids": teacher.letter_ids,
         "position_rule": POSITION_RULE,
+        **cloze,
     }
 
 
@@ -63,8 +84,9 @@ def open_store(out: Path, layout: StoreLayout, store_fingerprint: str, state: An
 
 
 def store_attributes(
-    determining: dict[str, Any], split: Split, teacher: Teacher, prompt: PromptConfig, store_fingerprint: str
-) -> dict[str, Any]:
+    determining: dict[str, Any], split: Split, teacher: Teacher, prompt: PromptConfig, config: ExtractConfig,
+    store_fingerprint: str,
+) -> dict[str, Any]:  # fmt: skip
     """The finished store's self-description (see stages/store/reader.py)."""
     return {
         **determining,
@@ -75,9 +97,22 @@ def store_attributes(
         "prompt": {"template": prompt.template, "option_format": prompt.option_format, "digest": prompt.digest},
         "letter_rule": teacher.letter_rule,
         "has_option_logits": teacher.letter_ids is not None,
+        "has_cloze": "cloze" in determining,
+        "cloze_missing": cloze_missing(teacher, config),
         "versions": library_versions(),
         "fingerprint": store_fingerprint,
     }
+
+
+def cloze_tokens(teacher: Teacher, split: Split, prompt: PromptConfig, config: ExtractConfig) -> ClozeTokens | None:
+    """The split's cloze sequences in the teacher's tokens, checked against its positions; None when not stored."""
+    missing = cloze_missing(teacher, config)
+    if missing:
+        log.info("extract: no cloze readout: %s", missing)
+        return None
+    cloze = tokenize_cloze(teacher.tokenizer, split.questions, split.choices, prompt.cloze_template, split.ids)
+    check_prompts_fit(cloze.lengths, [split.ids[i] for i in cloze.example], teacher.model.config, "teacher")
+    return cloze
 
 
 def run(setup: ExtractSetup, split: Split, teacher_dir: Path, out: Path) -> None:
@@ -94,17 +129,20 @@ def run(setup: ExtractSetup, split: Split, teacher_dir: Path, out: Path) -> None
     prompts = [format_prompt(q, c, prompt) for q, c in zip(split.questions, split.choices, strict=True)]
     tokens = tokenize_prompts(teacher.tokenizer, prompts, split.ids)
     check_prompts_fit(tokens.lengths, split.ids, teacher.model.config, "teacher")
+    cloze = cloze_tokens(teacher, split, prompt, config)
     layout = StoreLayout(split.n_examples, len(teacher.layers), teacher.model.config.hidden_size,
-                         config.shard_examples, config.dtype, teacher.letter_ids is not None)  # fmt: skip
+                         config.shard_examples, config.dtype, teacher.letter_ids is not None,
+                         cloze is not None)  # fmt: skip
     determining = determining_values(split, teacher, prompt, config)
     store_fingerprint = fingerprint(determining)
     group, done = open_store(out, layout, store_fingerprint, state)
     mine = [s for s in range(layout.n_shards) if s % state.num_processes == state.process_index and s not in done]
     n_todo = sum(layout.shard_range(s)[1] - layout.shard_range(s)[0] for s in mine)
     progress = tqdm(total=n_todo, unit="ex", desc=f"extract {out.name}", disable=not state.is_main_process)
-    write_shards(teacher, tokens, split, group, layout, mine, config, progress)
+    write_shards(teacher, tokens, cloze, split, group, layout, mine, config, progress)
     state.wait_for_everyone()
     if state.is_main_process:
-        finalize(partial_path(out), out, store_attributes(determining, split, teacher, prompt, store_fingerprint))
+        attributes = store_attributes(determining, split, teacher, prompt, config, store_fingerprint)
+        finalize(partial_path(out), out, attributes)
         log.info("wrote %s", out)
     state.wait_for_everyone()

@@ -5,6 +5,10 @@ A store is a zarr v3 group `data/hidden/<split>.zarr`:
   so one layer of many examples is one contiguous read, grouped into shards of whole example blocks.
 - array `option_logits` (only when the teacher has an LM head): (n_examples, MAX_CHOICES) float32, the
   teacher's next-token logits on the option letters at the answer position, NaN beyond an example's choices.
+- arrays `cloze_logprob` and `cloze_norm` (only with `extract.cloze: true` and an LM head): (n_examples,
+  MAX_CHOICES) float32, each option's summed log-likelihood as the continuation of the question without options
+  (stages/modeling/cloze.py), and the same per character of the option text; NaN beyond an example's choices.
+  `has_cloze` says whether they exist, `cloze` how they were made, `cloze_missing` why they are absent.
 - attributes: `example_ids` (store order = the split's parquet order), `layers` (teacher layer index of each
   store position; 0 is the embedding output, i is block i's output), `complete` (written last: the marker),
   and the provenance (teacher, prompt, dtype, versions, ...).
@@ -25,9 +29,13 @@ import zarr
 
 from stages.core.errors import InputError
 from stages.core.layers import resolve_layer
+from stages.sources.schema import Split
 
 HIDDEN = "hidden"
 OPTION_LOGITS = "option_logits"
+CLOZE_LOGPROB = "cloze_logprob"
+CLOZE_NORM = "cloze_norm"
+CLOZE_ARRAYS = (CLOZE_LOGPROB, CLOZE_NORM)
 COMPLETE = "complete"
 
 
@@ -98,3 +106,32 @@ class HiddenStore:
                 f"{teacher.get('model', '?')} has no LM head (encoder-only). Use an arm that does not need them."
             )
         return logits
+
+    def cloze(self, normalised: bool = False) -> np.ndarray | None:
+        """(n_examples, MAX_CHOICES) float32 option log-likelihoods (per character if `normalised`), NaN beyond
+        each example's choices; None when the store has none (`cloze_missing` says why)."""
+        name = CLOZE_NORM if normalised else CLOZE_LOGPROB
+        if name not in self.group:
+            return None
+        return np.asarray(self.group[name][:], dtype=np.float32)
+
+    def require_cloze(self, why: str) -> np.ndarray:
+        scores = self.cloze()
+        if scores is None:
+            reason = self.group.attrs.get("cloze_missing") or "it was extracted without the cloze readout"
+            raise InputError(f"{why} needs the teacher's cloze readout, but {self.path} has none: {reason}")
+        return scores
+
+
+def open_stores(hidden: Path, splits: dict[str, Split]) -> dict[str, HiddenStore]:
+    """`hidden/<split>.zarr` of every split, checked to hold the split's examples and the same layers."""
+    stores = {name: HiddenStore.open(hidden / f"{name}.zarr") for name in splits}
+    first = next(iter(stores))
+    for name, store in stores.items():
+        if store.example_ids != splits[name].ids:
+            raise InputError(
+                f"{hidden / name}.zarr: example ids differ from the prepared {name} split; rerun `dvc repro extract`"
+            )
+        if store.layers != stores[first].layers:
+            raise InputError(f"{hidden / name}.zarr holds other layers than {first}.zarr; rerun `dvc repro extract`")
+    return stores

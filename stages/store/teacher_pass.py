@@ -1,6 +1,6 @@
-"""The teacher's pass over one split: load it, run length-bucketed batches shard by shard, hand each finished
-shard to the writer thread. Batches never cross a shard, so a shard's values do not depend on which process
-computes it or whether the run was resumed (byte-identical stores)."""
+"""The teacher's pass over one split: load it, run length-bucketed batches shard by shard (the hidden-state pass,
+then the cloze pass when asked), hand each finished shard to the writer thread. Batches never cross a shard, so a
+shard's values do not depend on which process computes it or whether the run was resumed (byte-identical stores)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ from typing import Any
 import numpy as np
 
 from stages.core.errors import InputError
+from stages.modeling.cloze import ClozeScorer, ClozeTokens, normalised, score_examples
 from stages.modeling.letters import letter_token_ids
 from stages.sources.prompts import MAX_CHOICES
 from stages.sources.schema import Split
 from stages.store.batches import TokenizedPrompts, collate, shard_batches
 from stages.store.extract_config import ExtractConfig
+from stages.store.reader import CLOZE_LOGPROB, CLOZE_NORM
 from stages.store.writer import ShardWriter, StoreLayout
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -102,9 +104,15 @@ def load_teacher(model_dir: Path, config: ExtractConfig, state: Any, n_letters: 
     return Teacher(model, tokenizer, ref, device, compute_dtype, layers, letter_ids, letter_rule)
 
 
+def compute_cloze(scorer: ClozeScorer, cloze: ClozeTokens, start: int, stop: int, batch_size: int) -> dict:
+    """The cloze arrays of one shard: (examples, MAX_CHOICES) float32 log-likelihoods and their per-character form."""
+    log_likelihood = score_examples(scorer, cloze, start, stop, batch_size)
+    return {CLOZE_LOGPROB: log_likelihood, CLOZE_NORM: normalised(log_likelihood, cloze, start)}
+
+
 def write_shards(
-    teacher: Teacher, tokens: TokenizedPrompts, split: Split, group: Any, layout: StoreLayout, shards: list[int],
-    config: ExtractConfig, progress: Any,
+    teacher: Teacher, tokens: TokenizedPrompts, cloze: ClozeTokens | None, split: Split, group: Any,
+    layout: StoreLayout, shards: list[int], config: ExtractConfig, progress: Any,
 ) -> None:  # fmt: skip
     """Compute and write `shards`; the writer thread overlaps writing shard s with computing shard s + 1."""
     from stages.store.forward import LayerGatherer
@@ -113,6 +121,7 @@ def write_shards(
     # Left padding needs explicit position ids to leave each row's values unchanged; without them, pad right.
     tokenizer = teacher.tokenizer
     pad = (tokenizer.pad_token_id, tokenizer.padding_side if gather.takes_position_ids else "right")
+    scorer = ClozeScorer(teacher.model, tokenizer.pad_token_id, tokenizer.padding_side) if cloze else None
     writer = ShardWriter(group, layout)
     valid = split.valid_mask()  # (n_examples, MAX_CHOICES)
     try:
@@ -121,7 +130,9 @@ def write_shards(
             hidden, logits = compute_shard(gather, tokens, start, stop, config.batch_size, pad, progress)
             if logits is not None:
                 logits[~valid[start:stop]] = np.nan
-            writer.put(shard, to_store_dtype(hidden, config.dtype, split.ids[start:stop], teacher.layers), logits)
+            scores = compute_cloze(scorer, cloze, start, stop, config.batch_size) if scorer and cloze else None
+            stored = to_store_dtype(hidden, config.dtype, split.ids[start:stop], teacher.layers)
+            writer.put(shard, stored, logits, scores)
     finally:
         progress.close()
         writer.close()

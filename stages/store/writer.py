@@ -26,7 +26,7 @@ import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from stages.sources.prompts import MAX_CHOICES
-from stages.store.reader import COMPLETE, HIDDEN, OPTION_LOGITS
+from stages.store.reader import CLOZE_ARRAYS, COMPLETE, HIDDEN, OPTION_LOGITS
 
 log = logging.getLogger(__name__)
 DONE = "done"  # folder of per-shard markers inside the partial store (removed before the rename)
@@ -51,6 +51,7 @@ class StoreLayout:
     shard_examples: int
     dtype: str  # float16 | float32
     has_option_logits: bool
+    has_cloze: bool = False  # cloze_logprob and cloze_norm arrays
 
     @property
     def n_shards(self) -> int:
@@ -62,8 +63,8 @@ class StoreLayout:
     def expected_bytes(self) -> int:
         """Uncompressed size on disk (float hidden states barely compress): what to check free space against."""
         item = 2 if self.dtype == "float16" else 4
-        logits = 4 * MAX_CHOICES * self.n_examples if self.has_option_logits else 0
-        return self.n_examples * self.n_layers * self.d_model * item + logits
+        per_example = 4 * MAX_CHOICES * (int(self.has_option_logits) + len(CLOZE_ARRAYS) * int(self.has_cloze))
+        return self.n_examples * (self.n_layers * self.d_model * item + per_example)
 
 
 def open_partial(path: Path, layout: StoreLayout, print_: str) -> tuple[Any, set[int]]:
@@ -98,9 +99,10 @@ def create_store(path: Path, layout: StoreLayout, print_: str) -> Any:
         compressors=COMPRESSORS,
         fill_value=0,
     )
-    if layout.has_option_logits:
+    per_option = [OPTION_LOGITS] * int(layout.has_option_logits) + list(CLOZE_ARRAYS) * int(layout.has_cloze)
+    for name in per_option:  # (n_examples, MAX_CHOICES) float32, NaN beyond each example's options
         group.create_array(
-            OPTION_LOGITS,
+            name,
             shape=(layout.n_examples, MAX_CHOICES),
             chunks=(layout.shard_examples, MAX_CHOICES),
             dtype="float32",
@@ -120,14 +122,19 @@ def _fsync_tree(folder: Path) -> None:
                 os.fsync(handle.fileno())
 
 
-def write_shard(group: Any, layout: StoreLayout, shard: int, hidden: np.ndarray, logits: np.ndarray | None) -> None:
-    """Write one whole shard, then its done marker."""
+def write_shard(
+    group: Any, layout: StoreLayout, shard: int, hidden: np.ndarray, logits: np.ndarray | None,
+    cloze: dict[str, np.ndarray] | None = None,
+) -> None:  # fmt: skip
+    """Write one whole shard (hidden states, letter logits, cloze arrays by name), then its done marker."""
     start, stop = layout.shard_range(shard)
     group[HIDDEN][start:stop] = hidden
     if logits is not None:
         group[OPTION_LOGITS][start:stop] = logits
+    for name, values in (cloze or {}).items():
+        group[name][start:stop] = values
     root = Path(group.store.root)
-    for array in (HIDDEN, OPTION_LOGITS):
+    for array in (HIDDEN, OPTION_LOGITS, *CLOZE_ARRAYS):
         if (root / array / "c" / str(shard)).exists():
             _fsync_tree(root / array / "c" / str(shard))
     (root / DONE / str(shard)).touch()
@@ -154,10 +161,12 @@ class ShardWriter:
                 except BaseException as error:  # re-raised in the main thread
                     self.error = error
 
-    def put(self, shard: int, hidden: np.ndarray, logits: np.ndarray | None) -> None:
+    def put(
+        self, shard: int, hidden: np.ndarray, logits: np.ndarray | None, cloze: dict[str, np.ndarray] | None = None
+    ) -> None:
         if self.error is not None:
             raise self.error
-        self.queue.put((shard, hidden, logits))
+        self.queue.put((shard, hidden, logits, cloze))
 
     def close(self) -> None:
         self.queue.put(None)

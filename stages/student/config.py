@@ -67,10 +67,14 @@ class TrainConfig:
 class ArmConfig:
     """One entry of `distill.arms`: the loss terms of an arm."""
 
-    soft_labels: Literal["teacher", "probe"] | None = None
-    """null (gold CE only), teacher (logit KD on the teacher's letter outputs) or probe (probe KD)."""
+    soft_labels: Literal["teacher", "cloze", "probe"] | None = None
+    """null (gold CE only), teacher (KD on the teacher's letter outputs), cloze (KD on its cloze distribution) or
+    probe (probe KD)."""
     hld: bool = False
     """Add gamma x the HLD hint term (on top of whatever else the arm does)."""
+    gold_transfer: bool = False
+    """CE on transfer's gold answers too, which every other arm never sees: the oracle, full supervision on the
+    same questions and budget (the ceiling the performance gap recovered is measured against)."""
 
 
 @dataclass(frozen=True)

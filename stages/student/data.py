@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from stages.modeling.cloze import ClozeTokens, tokenize_cloze
 from stages.sources.prompts import PromptConfig, format_prompt
 from stages.sources.schema import Split
 
@@ -25,17 +26,22 @@ class EncodedSplit:
     token_ids: list[list[int]]
     answers: np.ndarray  # (n_examples,) int64
     valid: np.ndarray  # (n_examples, MAX_CHOICES) bool
+    cloze: ClozeTokens | None = None  # the options as cloze continuations (the split the student is scored on)
 
     @property
     def n_examples(self) -> int:
         return len(self.token_ids)
 
 
-def encode_split(split: Split, tokenizer: Any, prompt: PromptConfig) -> EncodedSplit:
-    """The split's prompts in the student's tokenizer (the same text the teacher read, in other tokens)."""
+def encode_split(split: Split, tokenizer: Any, prompt: PromptConfig, cloze: bool = False) -> EncodedSplit:
+    """The split's prompts in the student's tokenizer (the same text the teacher read, in other tokens), and with
+    `cloze` its cloze sequences (prompt.cloze_template, scored like the teacher's: stages/modeling/cloze.py)."""
     texts = [format_prompt(q, c, prompt) for q, c in zip(split.questions, split.choices, strict=True)]
     token_ids = tokenizer(texts, add_special_tokens=True)["input_ids"]
-    return EncodedSplit(ids=list(split.ids), token_ids=list(token_ids), answers=split.answers, valid=split.valid_mask())
+    sequences = (
+        tokenize_cloze(tokenizer, split.questions, split.choices, prompt.cloze_template, split.ids) if cloze else None
+    )
+    return EncodedSplit(list(split.ids), list(token_ids), split.answers, split.valid_mask(), sequences)
 
 
 def pad_batch(token_ids: list[list[int]], tokenizer: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -54,7 +54,7 @@ def step_loss(
         letter_logits,
         take(rows.encoded.valid),
         take(rows.encoded.answers),
-        take(rows.is_labeled),
+        take(rows.gold_rows),
         soft_labels=take_optional(rows.soft_labels),
         temperature=context.temperature,
         projected_hidden=projection(hidden) if projection is not None and weights.hld else None,
@@ -64,13 +64,13 @@ def step_loss(
     return sum(getattr(weights, name) * value for name, value in scaled.items()), scaled
 
 
-def term_scales(is_labeled: np.ndarray, batch: list[int], shard: list[int], world: int) -> dict[str, float]:
-    """world x (this shard's share of the rows each term averages over): CE over labeled rows, KD and HLD over all.
+def term_scales(gold_rows: np.ndarray, batch: list[int], shard: list[int], world: int) -> dict[str, float]:
+    """world x (this shard's share of the rows each term averages over): CE over gold rows, KD and HLD over all.
 
     A term is a mean over its rows; scaled so, the mean over processes of the shards' terms is the global mean
     (1.0 each with one process).
     """
-    labeled = world * int(is_labeled[shard].sum()) / int(is_labeled[batch].sum())
+    labeled = world * int(gold_rows[shard].sum()) / int(gold_rows[batch].sum())
     every = world * len(shard) / len(batch)
     return {"ce": labeled, "kd": every, "hld": every}
 
@@ -85,7 +85,8 @@ def train_steps(run: Run, setup: TrainSetup, live: Any) -> None:
     rows, accelerator, config = run.context.rows, run.accelerator, setup.train
     n_transfer = rows.encoded.n_examples - rows.n_labeled
     stream = step_rows(rows.n_labeled, n_transfer, config.labeled_per_step, config.transfer_per_step, setup.seed)
-    uses_transfer = setup.terms.soft_labels is not None or setup.hld is not None  # the gold arm skips them
+    arm = setup.terms
+    uses_transfer = arm.soft_labels is not None or arm.hld or arm.gold_transfer  # the gold arm skips them
     rank, world = accelerator.process_index, accelerator.num_processes
     progress = tqdm(range(config.steps), desc="train", mininterval=1.0, disable=live is None)
     for step in progress:
@@ -95,7 +96,7 @@ def train_steps(run: Run, setup: TrainSetup, live: Any) -> None:
         weights = phase_weights(setup, step)
         run.modules.model.train()
         with accelerator.autocast():
-            scales = term_scales(rows.is_labeled, batch, shard, world)
+            scales = term_scales(rows.gold_rows, batch, shard, world)
             loss, terms = step_loss(run.modules, run.context, shard, weights, scales)
         optimiser_step(run, loss, config.max_grad_norm)
         global_terms = mean_over_processes(accelerator, terms)  # a collective: every process takes part

@@ -73,7 +73,7 @@ def total_loss(
     letter_logits: torch.Tensor,
     valid: torch.Tensor,
     answers: torch.Tensor,
-    is_labeled: torch.Tensor,
+    gold_rows: torch.Tensor,
     soft_labels: torch.Tensor | None = None,
     temperature: float = 1.0,
     projected_hidden: torch.Tensor | None = None,
@@ -81,13 +81,13 @@ def total_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(weighted sum, {term: unweighted value}) over one mixed batch of labeled and transfer rows.
 
-    CE uses the labeled rows only (transfer gold is never trained on); KD and HLD use every row.
-    letter_logits, valid, soft_labels: (batch, MAX_CHOICES); answers, is_labeled: (batch,).
+    CE uses `gold_rows` only (the labeled rows: transfer gold is trained on by the oracle arm alone); KD and HLD use
+    every row. letter_logits, valid, soft_labels: (batch, MAX_CHOICES); answers, gold_rows: (batch,).
     """
     terms: dict[str, torch.Tensor] = {}
     total = letter_logits.new_zeros((), dtype=torch.float32)
     if weights.ce:
-        terms["ce"] = cross_entropy(letter_logits[is_labeled], valid[is_labeled], answers[is_labeled])
+        terms["ce"] = cross_entropy(letter_logits[gold_rows], valid[gold_rows], answers[gold_rows])
         total = total + weights.ce * terms["ce"]
     if weights.kd:
         if soft_labels is None:

@@ -27,7 +27,7 @@ class TrainingRows:
     """labeled + transfer rows stacked (labeled first), with each row's targets."""
 
     encoded: EncodedSplit
-    is_labeled: np.ndarray  # (n_rows,) bool
+    gold_rows: np.ndarray  # (n_rows,) bool: rows whose gold answer CE trains on (labeled; transfer too for oracles)
     soft_labels: np.ndarray | None  # (n_rows, MAX_CHOICES)
     teacher_hidden: np.ndarray | None  # (n_rows, d_teacher)
     n_labeled: int
@@ -43,8 +43,9 @@ def load_rows(setup: TrainSetup, paths: TrainPaths, tokenizer: Any) -> TrainingR
     teacher_hidden = read_teacher_hidden(setup.hld, paths, splits) if setup.hld is not None else None
     encoded = stack(parts)
     n_labeled = parts[0].n_examples
-    is_labeled = np.arange(encoded.n_examples) < n_labeled
-    return TrainingRows(encoded, is_labeled, soft_labels, teacher_hidden, n_labeled)
+    # Transfer gold stays hidden from training unless the arm is the gold_transfer oracle.
+    gold_rows = np.arange(encoded.n_examples) < (encoded.n_examples if setup.terms.gold_transfer else n_labeled)
+    return TrainingRows(encoded, gold_rows, soft_labels, teacher_hidden, n_labeled)
 
 
 def stack(parts: list[EncodedSplit]) -> EncodedSplit:
@@ -91,7 +92,8 @@ def read_teacher_hidden(hld: HLDConfig, paths: TrainPaths, splits: dict[str, Spl
 
 
 def load_evaluation(prepared: Path, tokenizer: Any, prompt: PromptConfig) -> dict[str, EncodedSplit]:
-    """val and test in the student's tokenizer."""
+    """val and test in the student's tokenizer; test also as cloze sequences (the student is scored both ways)."""
     return {
-        name: encode_split(read_split(prepared / f"{name}.parquet"), tokenizer, prompt) for name in EVALUATION_SPLITS
+        name: encode_split(read_split(prepared / f"{name}.parquet"), tokenizer, prompt, cloze=name == "test")
+        for name in EVALUATION_SPLITS
     }

@@ -1,4 +1,5 @@
-"""Train one arm and write its folder: model/, metrics.json, live/, calibration.csv, confusion.csv.
+"""Train one arm and write its folder: model/, metrics.json, test_predictions.parquet, live/, calibration.csv,
+confusion.csv.
 
 The folder is built in a temporary sibling and renamed into place when complete (main process only), so DVC
 never sees half an arm.
@@ -10,6 +11,7 @@ import json
 from pathlib import Path
 
 from stages.core.atomic import atomic_path
+from stages.core.predictions import write_predictions
 from stages.student.config import TrainPaths, TrainSetup
 from stages.student.evaluation import final_metrics, write_plots
 from stages.student.loop import train_steps
@@ -47,8 +49,10 @@ def train_and_write(run: Run, setup: TrainSetup, out: Path) -> dict[str, float]:
     live.end()
     student = run.accelerator.unwrap_model(run.modules.model)
     readout, batch_size = run.context.readout, setup.train.batch_size
-    metrics = final_metrics(student, run.evaluation, readout, batch_size)
+    metrics, predictions = final_metrics(student, run.evaluation, readout, batch_size)
     save_student(run.accelerator, run.modules, readout.tokenizer, out, setup.describe())
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    write_plots(out, student, run.evaluation["test"], readout, batch_size)
+    test = run.evaluation["test"]
+    write_predictions(out / "test_predictions.parquet", test.ids, test.answers, predictions, {"arm": setup.arm})
+    write_plots(out, student, test, readout, batch_size)
     return metrics

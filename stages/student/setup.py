@@ -56,6 +56,8 @@ def prepare_run(setup: TrainSetup, paths: TrainPaths) -> Run:
     evaluation = load_evaluation(paths.prepared, tokenizer, setup.prompt)
     for part in (rows.encoded, *evaluation.values()):
         check_prompts_fit([len(tokens) for tokens in part.token_ids], part.ids, model.config, "student")
+        if part.cloze is not None:
+            check_prompts_fit(part.cloze.lengths, [part.ids[i] for i in part.cloze.example], model.config, "student")
     readout, student_layer = LetterReadout.of(tokenizer), hint_layer(model, setup.hld)
     accelerator = make_accelerator(setup.train, setup.hld)
     modules = build_modules(model, setup, rows)

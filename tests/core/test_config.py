@@ -324,7 +324,7 @@ def test_read_seed():
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({}, r"^params\.yaml: seed is missing \(One seed for data splits, the builtin world and models, probe folds"),
+        ({}, r"^params\.yaml: seed is missing \(One seed for data splits, probe folds and student training"),
         ({"seed": -1}, r"^params\.yaml: seed=-1 must be an integer >= 0$"),
         ({"seed": "0"}, r"^params\.yaml: seed='0' must be an integer$"),
         ({"seed": True}, r"^params\.yaml: seed=True must be an integer$"),

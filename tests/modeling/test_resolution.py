@@ -23,7 +23,7 @@ SOURCE = {"model": "builtin", "revision": None, "trust_remote_code": False}
 
 
 def params(role: str = "teacher", **source) -> dict:
-    return {"seed": 4, "builtin": BUILTIN, role: {**SOURCE, **source}}
+    return {"builtin": {"seed": 4, **BUILTIN}, role: {**SOURCE, **source}}
 
 
 def builtin_setup(role: str, seed: int = 0) -> ModelSetup:
@@ -54,9 +54,19 @@ def test_builtin_setup_reads_the_task_and_the_roles_builtin_section():
     assert read_model_setup("student", params("student")).builtin == BuiltinModelConfig(**TINY)
 
 
+def test_the_pipeline_seed_never_reaches_a_model():
+    """A seed sweep holds the teacher fixed: models read builtin.seed, and not `seed` at all."""
+    assert read_model_setup("teacher", {**params(), "seed": 9}) == read_model_setup("teacher", params())
+    assert read_model_setup("teacher", params()).builtin_seed == 4
+    with pytest.raises(InputError, match=r"^params\.yaml: builtin\.seed is missing \(Seed of the builtin world"):
+        read_model_setup("teacher", {**params(), "builtin": BUILTIN})
+    with pytest.raises(InputError, match=r"^params\.yaml: builtin\.seed=-2 must be an integer >= 0$"):
+        read_model_setup("teacher", {**params(), "builtin": {**BUILTIN, "seed": -2}})
+
+
 def test_a_hub_id_needs_no_builtin_sections(tmp_path):
-    setup = read_model_setup("student", {"seed": 1, "student": {**SOURCE, "model": "org/name", "revision": "v1"}})
-    assert setup == ModelSetup("student", ModelSourceConfig("org/name", "v1", False), 1, None, None)
+    setup = read_model_setup("student", {"student": {**SOURCE, "model": "org/name", "revision": "v1"}})
+    assert setup == ModelSetup("student", ModelSourceConfig("org/name", "v1", False), None, None, None)
     folder = make_tiny_causal_lm(tmp_path / "lm")
     setup = read_model_setup("teacher", {"seed": 1, "teacher": {**SOURCE, "model": str(folder)}})
     assert setup.source.model == str(folder) and setup.task is None and setup.builtin is None
@@ -77,10 +87,8 @@ def test_bad_role_and_bad_sections():
         read_model_setup("student", params("student", trust_remote_code="yes"))
     with pytest.raises(InputError, match=r"^params\.yaml: builtin\.student\.d_model='big' must be an integer$"):
         read_model_setup(
-            "student", {**params("student"), "builtin": {**BUILTIN, "student": {**TINY, "d_model": "big"}}}
+            "student", {**params("student"), "builtin": {"seed": 0, **BUILTIN, "student": {**TINY, "d_model": "big"}}}
         )
-    with pytest.raises(InputError, match=r"^params\.yaml: seed=-1 must be an integer >= 0$"):
-        read_model_setup("teacher", {**params(), "seed": -1})
 
 
 def test_bad_model_path_is_named():

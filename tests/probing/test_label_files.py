@@ -118,7 +118,11 @@ def test_choice_count_mismatch(tmp_path, split):
 
 
 def test_unavailable_teacher_labels(tmp_path, split):
-    write_labels([], tmp_path / "t.parquet", {"kind": "teacher", "available": False, "teacher": {"model": "bert"}})
+    why = "teacher bert has no LM head (encoder-only), so it has no letter outputs"
+    write_labels([], tmp_path / "t.parquet", {"kind": "teacher", "available": False, "missing": why})
     assert pq.read_table(tmp_path / "t.parquet").num_rows == 0
-    with pytest.raises(InputError, match="teacher bert has no LM head.*logit_kd needs a teacher with an LM head"):
+    with pytest.raises(InputError, match=r"t.parquet: no teacher labels: teacher bert has no LM head .*; an arm"):
         read_labels(tmp_path / "t.parquet", split, "transfer")
+    write_labels([], tmp_path / "c.parquet", {"kind": "cloze", "available": False, "missing": "extract.cloze is false"})
+    with pytest.raises(InputError, match=r"no cloze labels: extract.cloze is false; an arm distilling from them"):
+        read_labels(tmp_path / "c.parquet", split, "transfer")

@@ -1,116 +1,146 @@
-"""The summary (stages/report/summary.py): one flat metrics file over every arm, the probe, teacher and labels."""
+"""The summary (stages/report/summary.py, collect.py): accuracies with intervals, PGR, paired differences, flat."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from stages.core.errors import InputError
-from stages.report.summary import SummaryPaths, accuracy_rows, flatten, read_json, run, summarize
-from tests.two_processes import assert_same_bytes_in_two_processes
+from stages.core.predictions import write_predictions
+from stages.report.collect import SummaryPaths, read_json, run
+from stages.report.summary import accuracy_rows, flatten
 
-ARMS = {"gold": 0.41, "logit_kd": 0.52, "probe_kd": 0.63, "hld": 0.44}
-PROBE = {"best_layer": 3, "layer": 3, "cv_acc": 0.7, "test_acc": 0.71, "teacher_test_acc": 0.55, "test_nll": 0.9}
-QUALITY = {"probe": {"acc": 0.8, "ece": 0.05}, "teacher": {"acc": 0.6, "ece": 0.2}, "layer": 3, "note": "text"}
-
-
-def write_metrics(root: Path, arms: dict[str, float] = ARMS) -> list[Path]:
-    paths = []
-    for arm, acc in arms.items():
-        path = root / "students" / arm / "metrics.json"
-        path.parent.mkdir(parents=True)
-        path.write_text(json.dumps({"test_acc": acc, "test_nll": 1.0, "val_acc": acc - 0.01, "steps": 3}))
-        paths.append(path)
-    return paths
+N_TEST = 200
+TEACHER = {"teacher_letter": 0.55, "teacher_cloze": 0.65, "teacher_cloze_norm": 0.6, "probe": 0.8}
+ARMS = {"gold": 0.5, "logit_kd": 0.55, "cloze_kd": 0.6, "probe_kd": 0.75, "hld": 0.5, "oracle": 0.9}
+QUALITY = {"probe": {"acc": 0.8, "ece": 0.05}, "teacher": {"acc": 0.6, "ece": 0.2}, "cloze": {"available": False}}
 
 
-def paths_for(root: Path, arms: list[Path]) -> SummaryPaths:
-    return SummaryPaths(arms=arms, probe=root / "probe.json", labels=root / "quality.json", out=root / "summary")
+def picks(answers: np.ndarray, accuracy: float, rng: np.random.Generator) -> np.ndarray:
+    """A synthetic classifier's picks: right on a random `accuracy` share of the questions, else the next option."""
+    right = np.zeros(len(answers), dtype=bool)
+    right[rng.permutation(len(answers))[: round(accuracy * len(answers))]] = True
+    return np.where(right, answers, (answers + 1) % 4)
 
 
-def test_summary_is_flat_with_every_model():
-    arms = {
-        arm: {"test_acc": acc, "test_nll": 1.0, "test_ece": 0.1, "val_acc": 0.5, "steps": 3}
-        for arm, acc in ARMS.items()
-    }
-    summary = summarize(arms, PROBE, QUALITY)
-    assert {f"{arm}_test_acc": acc for arm, acc in ARMS.items()}.items() <= summary.items()
-    assert summary["gold_test_nll"] == 1.0 and summary["gold_test_ece"] == 0.1 and summary["gold_val_acc"] == 0.5
-    assert "gold_steps" not in summary  # only the arm keys that compare arms
-    assert summary["probe_test_acc"] == 0.71 and summary["teacher_test_acc"] == 0.55 and summary["probe_layer"] == 3
-    assert "probe_cv_acc" not in summary and "probe_test_nll" not in summary
-    assert summary["labels_probe_acc"] == 0.8 and summary["labels_teacher_ece"] == 0.2 and summary["labels_layer"] == 3
-    assert "labels_note" not in summary
+def write_project(root: Path, arms: dict[str, float] = ARMS, teacher: dict[str, float | None] = TEACHER) -> Path:
+    """data/labels and data/students/<arm> as the pipeline lays them out, with known test accuracies."""
+    rng = np.random.default_rng(0)
+    ids, answers = [f"test-{i}" for i in range(N_TEST)], rng.integers(0, 4, N_TEST)
+    labels = root / "data/labels"
+    labels.mkdir(parents=True)
+    readouts = {name: None if acc is None else picks(answers, acc, rng) for name, acc in teacher.items()}
+    write_predictions(labels / "test_predictions.parquet", ids, answers, readouts, {})
+    (labels / "quality.json").write_text(json.dumps(QUALITY))
+    (labels / "readouts.json").write_text(json.dumps({"layer": 3, "probe": {"test_acc": teacher["probe"]}}))
+    for arm, accuracy in arms.items():
+        folder = root / f"data/students/{arm}"
+        folder.mkdir(parents=True)
+        metrics = {"test_acc": accuracy, "test_nll": 1.0, "test_ece": 0.1, "val_acc": 0.5, "test_cloze_norm_acc": 0.3}
+        (folder / "metrics.json").write_text(json.dumps({**metrics, "steps": 3}))
+        arm_picks = {"letter": picks(answers, accuracy, rng), "cloze": picks(answers, 0.4, rng), "cloze_norm": None}
+        write_predictions(folder / "test_predictions.parquet", ids, answers, arm_picks, {"arm": arm})
+    return root
+
+
+def summarize(root: Path, arms=ARMS) -> dict:
+    arm_folders = [root / f"data/students/{arm}" for arm in arms]
+    return run(SummaryPaths(arms=arm_folders, labels=root / "data/labels", out=root / "data/summary"))
+
+
+@pytest.fixture(scope="module")
+def summary(tmp_path_factory) -> dict:
+    return summarize(write_project(tmp_path_factory.mktemp("summary")))
+
+
+def test_every_readout_and_arm_has_its_accuracy_and_interval(summary):
+    for name, accuracy in {**TEACHER, **ARMS}.items():
+        point, low, high = (summary[f"{name}_test_acc{end}"] for end in ("", "_ci_low", "_ci_high"))
+        assert point == pytest.approx(accuracy)
+        assert low < point < high and high - low < 0.2  # n = 200: a 95% interval about +-6 points wide
+    assert summary["gold_test_cloze_acc"] == pytest.approx(0.4) and "gold_test_cloze_acc_ci_low" in summary
+    assert "gold_test_cloze_norm_acc_ci_low" not in summary and summary["gold_test_cloze_norm_acc"] == 0.3
+    assert summary["probe_layer"] == 3 and summary["gold_test_nll"] == 1.0 and "gold_steps" not in summary
     assert all(not isinstance(value, dict) for value in summary.values())
 
 
-def test_encoder_teacher_and_missing_quality_are_left_out():
-    summary = summarize({"gold": {"test_acc": 0.5}}, {"test_acc": 0.6, "teacher_test_acc": None}, None)
-    assert summary == {"gold_test_acc": 0.5, "probe_test_acc": 0.6}
-    assert accuracy_rows(summary, ["gold"]) == [("gold", 0.5), ("probe", 0.6)]
-    assert summarize({"gold": {"test_acc": 0.5}}, None, None) == {"gold_test_acc": 0.5}
+def test_pgr_is_zero_for_gold_and_one_for_the_oracle_by_construction(summary):
+    assert summary["gold_pgr"] == 0.0 and summary["oracle_pgr"] == 1.0
+    assert summary["probe_kd_pgr"] == pytest.approx((0.75 - 0.5) / (0.9 - 0.5))
+    assert summary["hld_pgr"] == pytest.approx(0.0)
 
 
-def test_accuracy_rows_keep_the_arm_order_then_probe_and_teacher():
-    summary = {"hld_test_acc": 0.4, "gold_test_acc": 0.5, "teacher_test_acc": 0.3, "probe_test_acc": 0.6}
-    assert accuracy_rows(summary, ["gold", "hld"]) == [("gold", 0.5), ("hld", 0.4), ("probe", 0.6), ("teacher", 0.3)]
+def test_paired_differences_that_matter(summary):
+    expected = {"diff_probe_kd_minus_logit_kd": 0.2, "diff_probe_kd_minus_cloze_kd": 0.15,
+                "diff_probe_kd_minus_gold": 0.25, "diff_probe_minus_best_teacher": 0.8 - 0.65}  # fmt: skip
+    for name, difference in expected.items():
+        assert summary[name] == pytest.approx(difference)
+        assert summary[f"{name}_ci_low"] < summary[name] < summary[f"{name}_ci_high"]
+
+
+def test_the_done_when_names_are_flat_and_stable(summary):
+    names = ["teacher_letter_test_acc", "teacher_cloze_test_acc", "teacher_cloze_norm_test_acc", "probe_test_acc"]
+    for arm in ARMS:
+        names += [f"{arm}_test_acc", f"{arm}_test_acc_ci_low", f"{arm}_test_acc_ci_high", f"{arm}_pgr"]
+    assert set(names) <= set(summary)
+    assert summary["labels_probe_acc"] == 0.8 and summary["labels_cloze_available"] == 0.0
+
+
+def test_without_an_oracle_there_is_no_pgr_and_missing_readouts_are_left_out(tmp_path: Path):
+    arms = {"gold": 0.5, "probe_kd": 0.7}
+    teacher = {"teacher_letter": None, "teacher_cloze": None, "teacher_cloze_norm": None, "probe": 0.8}  # encoder
+    summary = summarize(write_project(tmp_path, arms, teacher), arms)
+    assert not any(name.endswith("_pgr") for name in summary)
+    assert "teacher_letter_test_acc" not in summary and "diff_probe_minus_best_teacher" not in summary
+    assert summary["diff_probe_kd_minus_gold"] == pytest.approx(0.2) and "diff_probe_kd_minus_logit_kd" not in summary
+
+
+def test_no_pgr_when_the_oracle_does_not_beat_gold(tmp_path: Path, caplog):
+    arms = {"gold": 0.6, "oracle": 0.55}
+    summary = summarize(write_project(tmp_path, arms), arms)
+    assert "gold_pgr" not in summary and "does not beat gold" in caplog.text
+
+
+def test_the_bar_chart_and_the_files(tmp_path: Path):
+    summary = summarize(write_project(tmp_path))
+    assert json.loads((tmp_path / "data/summary/metrics.json").read_text()) == summary
+    rows = (tmp_path / "data/summary/accuracy.csv").read_text().splitlines()
+    assert rows[0] == "model,test_acc" and rows[1] == "gold,0.5" and rows[-1] == "teacher_cloze_norm,0.6"
+    assert [row.split(",")[0] for row in rows[1:]] == [*ARMS, "probe", "teacher_letter", "teacher_cloze",
+                                                       "teacher_cloze_norm"]  # fmt: skip
+    assert accuracy_rows({"hld_test_acc": 0.4, "probe_test_acc": 0.6}, ["gold", "hld"]) == [
+        ("hld", 0.4),
+        ("probe", 0.6),
+    ]
+
+
+def test_other_test_questions_are_refused(tmp_path: Path):
+    write_project(tmp_path)
+    folder = tmp_path / "data/students/hld"
+    write_predictions(folder / "test_predictions.parquet", ["x"], np.array([0]), {"letter": np.array([0])}, {})
+    with pytest.raises(InputError, match=r"hld/test_predictions.parquet: other test questions than .*rerun"):
+        summarize(tmp_path)
+    assert not (tmp_path / "data/summary").exists()
+
+
+def test_missing_arm_metrics_is_a_clear_error_and_writes_nothing(tmp_path: Path):
+    write_project(tmp_path, {"gold": 0.4})
+    with pytest.raises(
+        InputError, match=r"probe_kd_hld/metrics\.json: not found \(run `dvc repro train@probe_kd_hld`\)$"
+    ):
+        summarize(tmp_path, ["gold", "probe_kd_hld"])
+    (tmp_path / "data/students/gold/metrics.json").write_text(json.dumps({"val_acc": 0.3}))
+    with pytest.raises(InputError, match=r"gold/metrics\.json: no test_acc; rerun train@gold$"):
+        summarize(tmp_path, ["gold"])
+    assert not (tmp_path / "data/summary").exists()
 
 
 def test_flatten_nested_numbers():
     assert flatten("labels", {"a": {"b": 1, "c": [1, 2]}, "d": True}) == {"labels_a_b": 1, "labels_d": 1.0}
     assert flatten("x", "text") == {} and flatten("x", 2.5) == {"x": 2.5}
-
-
-def summarize_inputs(root: Path) -> dict:
-    """Write every arm's metrics, the probe's and the label quality under `root`, then summarize them."""
-    arms = write_metrics(root)
-    (root / "probe.json").write_text(json.dumps(PROBE))
-    (root / "quality.json").write_text(json.dumps(QUALITY))
-    return run(paths_for(root, arms))
-
-
-def test_run_writes_metrics_and_the_bar_chart(tmp_path: Path):
-    summary = summarize_inputs(tmp_path)
-    written = json.loads((tmp_path / "summary" / "metrics.json").read_text())
-    assert written == summary and list(written) == sorted(summary)  # sorted keys: each arm's together
-    assert summary["probe_kd_test_acc"] == 0.63 and summary["labels_probe_ece"] == 0.05
-    rows = (tmp_path / "summary" / "accuracy.csv").read_text().splitlines()
-    assert rows == [
-        "model,test_acc",
-        "gold,0.41",
-        "logit_kd,0.52",
-        "probe_kd,0.63",
-        "hld,0.44",
-        "probe,0.71",
-        "teacher,0.55",
-    ]
-
-
-def test_the_arm_name_is_the_metrics_files_folder(tmp_path: Path):
-    arms = write_metrics(tmp_path, {"probe_kd_hld": 0.7, "gold": 0.4})
-    summary = run(paths_for(tmp_path, arms))  # no probe or label metrics: left out with a warning
-    assert summary == {"probe_kd_hld_test_acc": 0.7, "probe_kd_hld_test_nll": 1.0, "probe_kd_hld_val_acc": 0.69,
-                       "gold_test_acc": 0.4, "gold_test_nll": 1.0, "gold_val_acc": 0.39}  # fmt: skip
-    assert (tmp_path / "summary" / "accuracy.csv").read_text() == "model,test_acc\nprobe_kd_hld,0.7\ngold,0.4\n"
-
-
-def test_missing_arm_metrics_is_a_clear_error_and_writes_nothing(tmp_path: Path):
-    arms = write_metrics(tmp_path, {"gold": 0.4})
-    missing = tmp_path / "students" / "probe_kd_hld" / "metrics.json"
-    with pytest.raises(
-        InputError, match=r"probe_kd_hld/metrics\.json: not found \(run `dvc repro train@probe_kd_hld`\)$"
-    ):
-        run(paths_for(tmp_path, [*arms, missing]))
-    assert not (tmp_path / "summary").exists()
-
-
-def test_arm_metrics_without_test_acc(tmp_path: Path):
-    [path] = write_metrics(tmp_path, {"hld": 0.4})
-    path.write_text(json.dumps({"val_acc": 0.3}))
-    with pytest.raises(InputError, match=r"hld/metrics\.json: no test_acc; rerun train@hld$"):
-        run(paths_for(tmp_path, [path]))
 
 
 def test_read_json(tmp_path: Path):
@@ -124,9 +154,3 @@ def test_read_json(tmp_path: Path):
     assert read_json(tmp_path / "absent.json", required=False, why="run it") is None
     with pytest.raises(InputError, match=r"absent\.json: not found \(run it\)$"):
         read_json(tmp_path / "absent.json", required=True, why="run it")
-
-
-def test_two_processes_write_the_same_bytes(tmp_path: Path):
-    code = "import sys; from pathlib import Path; from tests.report.test_summary import summarize_inputs; "
-    files = assert_same_bytes_in_two_processes(code + "summarize_inputs(Path(sys.argv[1]))", tmp_path)
-    assert {"summary/metrics.json", "summary/accuracy.csv"} <= set(files)

@@ -289,7 +289,7 @@ def test_canonical_csv_multiline_cell_reports_the_rows_first_line(tmp_path):
 
 def test_builtin_rows_come_from_the_task_config_and_seed():
     task = TaskConfig(n_categories=4, words_per_category=4, n_choices=2, n_train=12, n_val=4, n_test=6)
-    loaded = load_dataset_splits("builtin", None, "error", task, seed=5)
+    loaded = load_dataset_splits("builtin", None, "error", task, builtin_seed=5)
     assert loaded.skipped == {}
     assert {role: len(rows) for role, rows in loaded.splits.items()} == {"train": 12, "val": 4, "test": 6}
     expected = dataset_splits(task, 5)
@@ -297,5 +297,5 @@ def test_builtin_rows_come_from_the_task_config_and_seed():
         role: [e["id"] for e in rows] for role, rows in expected.items()
     }
     assert [e["question"] for e in loaded.splits["val"]] == [e["question"] for e in expected["val"]]
-    other_seed = load_dataset_splits("builtin", None, "error", task, seed=6)
+    other_seed = load_dataset_splits("builtin", None, "error", task, builtin_seed=6)
     assert [e["question"] for e in other_seed.splits["val"]] != [e["question"] for e in expected["val"]]

@@ -88,7 +88,23 @@ def test_setup_reads_data_seed_and_the_builtin_task():
     setup = read_prepare_setup(params)
     assert setup.data == PrepareConfig(**params["data"]) and setup.data.dataset == "builtin"
     assert setup.task == TaskConfig(**params["builtin"]["task"])
-    assert setup.seed == params["seed"]
+    assert setup.seed == params["seed"] and setup.builtin_seed == params["builtin"]["seed"]
+
+
+def test_seed_splits_the_builtin_pool_and_builtin_seed_makes_it(tmp_path):
+    """`seed` reshuffles which questions land in which split; the questions themselves come from builtin.seed."""
+    task = TaskConfig(n_categories=4, words_per_category=4, n_choices=4, n_train=40, n_val=8, n_test=8)
+    config = PrepareConfig(labeled=4, transfer=20, val=8, test=8)
+
+    def questions(seed: int, builtin_seed: int) -> dict[str, list[str]]:
+        out = tmp_path / f"{seed}-{builtin_seed}"
+        run(PrepareSetup(config, seed, task, builtin_seed), PreparePaths(raw=RAW, out=out))
+        return {name: read_split(out / f"{name}.parquet").questions for name in SPLITS}
+
+    base, reseeded, other_world = questions(0, 0), questions(1, 0), questions(0, 1)
+    assert base["labeled"] != reseeded["labeled"]  # another split of the same pool
+    assert sorted(base["test"]) == sorted(reseeded["test"])  # test keeps all 8: the same questions
+    assert sorted(base["test"]) != sorted(other_world["test"])  # another world, other words
 
 
 def test_setup_reads_builtin_task_only_for_the_builtin_dataset():

@@ -37,10 +37,19 @@ def test_template_must_hold_fields():
 
 
 def test_prompt_config_from_params_mapping():
-    values = {"template": "Q: {question}\n{options}\nA:", "option_format": "({letter}) {text}"}
+    values = {
+        "template": "Q: {question}\n{options}\nA:",
+        "option_format": "({letter}) {text}",
+        "cloze_template": "{question}",
+    }
     assert build(PromptConfig, values, "prompt") == PromptConfig(**values)
     with pytest.raises(InputError, match=r"^params\.yaml: prompt\.option_format is missing"):
         build(PromptConfig, {"template": values["template"]}, "prompt")
+    with pytest.raises(InputError, match=r"^params\.yaml: prompt\.cloze_template is missing \(The cloze readout"):
+        build(PromptConfig, {key: values[key] for key in ("template", "option_format")}, "prompt")
+    for template in ("Q: {question}\n{options}\nA:", "Answer:"):
+        with pytest.raises(InputError, match=r"prompt\.cloze_template must contain \{question\} and not \{options\}"):
+            PromptConfig(cloze_template=template)
 
 
 def test_prompts_longer_than_the_positions_name_the_longest_example():

@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import zarr
 
 from stages.core.config import build
 from stages.core.errors import InputError
+from stages.core.predictions import read_predictions
 from stages.modeling.letters import letter_token_ids
 from stages.modeling.loading import resolve
 from stages.probing.label_files import label_table, write_labels
@@ -24,10 +26,16 @@ from tests.tiny_models import make_tiny_causal_lm, make_tokenizer
 TEACHER_VOCAB, STUDENT_VOCAB = 300, 280  # the student reads prompts in its own, different tokenizer
 D_TEACHER, N_TEACHER_LAYERS = 48, 5
 SIZES = {"labeled": 12, "transfer": 16, "val": 10, "test": 10}
-ARMS = ("gold", "logit_kd", "probe_kd", "hld")
+READOUTS = {"letter", "cloze", "cloze_norm"}
+ARMS = ("gold", "logit_kd", "cloze_kd", "probe_kd", "hld", "oracle")
+ROOT = Path(__file__).resolve().parents[2]
 PARAMS = {
     "seed": 0,
-    "prompt": {"template": "{question}\n{options}\nAnswer:", "option_format": "{letter}. {text}"},
+    "prompt": {
+        "template": "{question}\n{options}\nAnswer:",
+        "option_format": "{letter}. {text}",
+        "cloze_template": "{question}\nAnswer:",
+    },
     "train": {
         "steps": 4,
         "batch_size": 6,
@@ -43,11 +51,13 @@ PARAMS = {
     },
     "distill": {
         "arms": {
-            "gold": {"soft_labels": None, "hld": False},
-            "logit_kd": {"soft_labels": "teacher", "hld": False},
-            "probe_kd": {"soft_labels": "probe", "hld": False},
-            "hld": {"soft_labels": None, "hld": True},
-            "probe_kd_hld": {"soft_labels": "probe", "hld": True},
+            "gold": {"soft_labels": None, "hld": False, "gold_transfer": False},
+            "logit_kd": {"soft_labels": "teacher", "hld": False, "gold_transfer": False},
+            "cloze_kd": {"soft_labels": "cloze", "hld": False, "gold_transfer": False},
+            "probe_kd": {"soft_labels": "probe", "hld": False, "gold_transfer": False},
+            "hld": {"soft_labels": None, "hld": True, "gold_transfer": False},
+            "oracle": {"soft_labels": None, "hld": False, "gold_transfer": True},
+            "probe_kd_hld": {"soft_labels": "probe", "hld": True, "gold_transfer": False},
         },
         "kd": {"alpha": 0.5, "temperature": 2.0},
         "hld": {
@@ -85,7 +95,8 @@ def write_label_file(path: Path, root: Path, rng: np.random.Generator, kind: str
         probs = np.where(split.valid_mask(), np.exp(logits), 0.0)
         probs = probs / probs.sum(-1, keepdims=True)
         tables.append(label_table(split.ids, name, probs, split.n_choices, layer=2 if kind == "probe" else None))
-    write_labels(tables, path, {"kind": kind, "available": available, "teacher": {"model": "tiny"}})
+    missing = {} if available else {"missing": "teacher tiny has no LM head (encoder-only)"}
+    write_labels(tables, path, {"kind": kind, "available": available, "teacher": {"model": "tiny"}, **missing})
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +117,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model_dir.mkdir(parents=True)
     resolve(str(make_student(root / "student_weights")), revision=None, trust_remote_code=False).save(model_dir)
     (root / "data/labels").mkdir(parents=True)
-    write_label_file(root / "data/labels/teacher.parquet", root, rng, "teacher")
-    write_label_file(root / "data/labels/probe.parquet", root, rng, "probe")
+    for kind in ("teacher", "cloze", "probe"):
+        write_label_file(root / f"data/labels/{kind}.parquet", root, rng, kind)
     (root / "data/hidden").mkdir(parents=True)
     for name in ("labeled", "transfer"):
         write_store(root / f"data/hidden/{name}.zarr", read_split(root / f"data/prepared/{name}.parquet").ids, rng)
@@ -160,14 +171,32 @@ def test_every_arm_writes_its_folder_and_metrics(project: Path, trained: dict):
         assert (folder / "calibration.csv").read_text().startswith("confidence,accuracy,n_examples")
         assert len((folder / "confusion.csv").read_text().splitlines()) == SIZES["test"] + 1
         assert not list((project / "data/students").glob(".tmp-*"))
+        ids, answers, correct = read_predictions(folder / "test_predictions.parquet")
+        assert ids == read_split(project / "data/prepared/test.parquet").ids and set(correct) == READOUTS
+        assert metrics["test_acc"] == pytest.approx(correct["letter"].mean())
+        assert metrics["test_cloze_acc"] == pytest.approx(correct["cloze"].mean())
+        assert metrics["test_cloze_norm_acc"] == pytest.approx(correct["cloze_norm"].mean())
     terms = {arm: sorted(p.stem for p in (project / f"data/students/{arm}/live/plots/metrics/train").glob("*.tsv"))
              for arm in trained}  # fmt: skip
-    assert terms["gold"] == ["ce", "loss"]
-    assert terms["logit_kd"] == terms["probe_kd"] == ["ce", "kd", "loss"]
+    assert terms["gold"] == terms["oracle"] == ["ce", "loss"]
+    assert terms["logit_kd"] == terms["cloze_kd"] == terms["probe_kd"] == ["ce", "kd", "loss"]
     assert terms["hld"] == ["ce", "hld", "loss"]
     assert terms["probe_kd_hld"] == ["ce", "hld", "kd", "loss"]
     # Different targets on the same batches: the learned students differ.
-    assert trained["logit_kd"]["test_nll"] != trained["probe_kd"]["test_nll"] != trained["gold"]["test_nll"]
+    nll = [trained[arm]["test_nll"] for arm in ARMS]
+    assert len(set(nll)) == len(ARMS)
+
+
+def test_only_the_oracle_trains_on_transfer_gold(project: Path):
+    """CE reads transfer's gold answers in the oracle arm alone; every other arm sees labeled gold only."""
+    from stages.modeling.loading import load_model
+    from stages.student.rows import load_rows
+
+    tokenizer = load_model(project / "data/models/student")[1]
+    for arm in ARMS:
+        rows = load_rows(read_train_setup(arm, PARAMS), project_paths(project, arm), tokenizer)
+        expected = SIZES["labeled"] + (SIZES["transfer"] if arm == "oracle" else 0)
+        assert rows.gold_rows.sum() == expected and rows.gold_rows[: SIZES["labeled"]].all(), arm
 
 
 def test_hld_projection_is_saved_beside_the_student(project: Path, trained: dict):
@@ -191,16 +220,36 @@ def reloaded_metrics(folder: Path, project: Path) -> dict[str, float]:
     model, tokenizer = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
     prompt = build(PromptConfig, PARAMS["prompt"], "prompt")
     evaluation = {
-        n: encode_split(read_split(project / f"data/prepared/{n}.parquet"), tokenizer, prompt) for n in ("val", "test")
+        n: encode_split(read_split(project / f"data/prepared/{n}.parquet"), tokenizer, prompt, cloze=n == "test")
+        for n in ("val", "test")
     }
     letters, _ = letter_token_ids(tokenizer, 26, "student")
-    return final_metrics(model, evaluation, LetterReadout(tokenizer, torch.tensor(letters)), batch_size=4)
+    return final_metrics(model, evaluation, LetterReadout(tokenizer, torch.tensor(letters)), batch_size=4)[0]
 
 
 def test_saved_student_reloads_and_reproduces_its_test_accuracy(project: Path, trained: dict):
     metrics = reloaded_metrics(project / "data/students/probe_kd/model", project)
     assert metrics["test_acc"] == trained["probe_kd"]["test_acc"]
     assert metrics["test_nll"] == pytest.approx(trained["probe_kd"]["test_nll"], abs=1e-5)
+    assert metrics["test_cloze_acc"] == trained["probe_kd"]["test_cloze_acc"]
+
+
+def test_student_cloze_picks_match_a_plain_forward_per_option(project: Path, trained: dict):
+    """The student is scored by the teacher's cloze code: its picks are the argmax of plain per-option forwards."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tests.modeling.test_cloze import plain_log_likelihood
+
+    folder = project / "data/students/cloze_kd"
+    model = AutoModelForCausalLM.from_pretrained(folder / "model").eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder / "model")
+    test = read_split(project / "data/prepared/test.parquet")
+    picks = [
+        int(np.argmax([plain_log_likelihood(model, tokenizer, question, option) for option in choices]))
+        for question, choices in zip(test.questions, test.choices, strict=True)
+    ]
+    table = pq.read_table(folder / "test_predictions.parquet")
+    assert table.column("cloze").to_pylist() == picks
 
 
 def test_lora_student_is_merged_on_save_and_reloads_plainly(project: Path, trained: dict, tmp_path: Path):
@@ -252,7 +301,7 @@ def test_logit_kd_with_unavailable_teacher_labels_fails_early(project: Path, tmp
     shutil.copytree(project / "data/models", root / "data/models")
     (root / "data/labels").mkdir(parents=True)
     write_label_file(root / "data/labels/teacher.parquet", root, np.random.default_rng(0), "teacher", available=False)
-    with pytest.raises(InputError, match="no LM head.*logit_kd needs a teacher with an LM head"):
+    with pytest.raises(InputError, match=r"no teacher labels: teacher tiny has no LM head \(encoder-only\); an arm"):
         train("logit_kd", root)
     assert not (root / "data/students").exists() or not list((root / "data/students").iterdir())
 
@@ -321,7 +370,7 @@ def test_cli_fails_early_with_exit_2_on_unavailable_teacher_labels(project: Path
     app.command()(main)
     result = CliRunner().invoke(app, ["logit_kd", *cli_paths("logit_kd")])
     assert result.exit_code == 2
-    assert "teacher.parquet: no labels: teacher tiny has no LM head" in result.output
+    assert "teacher.parquet: no teacher labels: teacher tiny has no LM head" in result.output
     assert not (tmp_path / "data/students/logit_kd").exists()
 
 
@@ -367,7 +416,8 @@ def test_two_process_torchrun_matches_one_process(project: Path, trained: dict, 
         shutil.copytree(project / "data" / name, tmp_path / "data" / name)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))  # no dvc.yaml here: params come from params.yaml
     launcher = f"{sys.executable} -m torch.distributed.run --standalone --nproc_per_node 2"
-    env = {**os.environ, "PROBEKD_LAUNCHER": launcher, "OMP_NUM_THREADS": "1"}
+    # PYTHONPATH: this checkout's stages/, not whichever one the environment has installed.
+    env = {**os.environ, "PROBEKD_LAUNCHER": launcher, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     env.pop("WORLD_SIZE", None)
     result = subprocess.run(
         [sys.executable, "-m", "stages", "train", "probe_kd_hld", *cli_paths("probe_kd_hld")],
