@@ -29,6 +29,14 @@ TINY = {
     "probe": {"folds": 3},
     "train": {"steps": 6, "batch_size": 8, "eval_every": 3},
 }
+# The builtin story at a fraction of the default's cost: the default builtin teacher and student (the part that
+# takes minutes: they must learn the world for the story to show), smaller splits, a shorter student budget.
+# Measured at seed 0: probe 100% vs teacher letters 57.8%, probe_kd 62.5% vs logit_kd 46.9% (128 test questions).
+SMALL = {
+    "data": {"labeled": 32, "transfer": 192, "val": 64, "test": 128},
+    "extract": {"batch_size": 32, "shard_examples": 64},
+    "train": {"steps": 120, "batch_size": 16, "eval_every": 60},
+}
 
 
 def merge_existing(params: dict, overrides: dict, path: str = "") -> None:
@@ -59,14 +67,15 @@ def dvc_json(*args: str, cwd: Path) -> object:
     return json.loads(done.stdout)
 
 
-def make_tiny_repo(repo: Path) -> Path:
-    """Lay out and commit the tiny pipeline in `repo` (an empty folder); `dvc repro` is the caller's."""
+def make_tiny_repo(repo: Path, overrides: dict | None = None) -> Path:
+    """Lay out and commit the pipeline in `repo` (an empty folder) with `overrides` (default TINY) applied to
+    params.yaml; `dvc repro` is the caller's."""
     shutil.copytree(ROOT / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
     (repo / "data" / "raw").mkdir(parents=True)  # a dep of prepare: its README only, no local datasets
     shutil.copy(ROOT / "data" / "raw" / "README.md", repo / "data" / "raw" / "README.md")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    merge_existing(params, TINY)
+    merge_existing(params, TINY if overrides is None else overrides)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], repo)
     run(["git", "config", "user.email", "test@example.invalid"], repo)
