@@ -9,8 +9,9 @@ Objective of one (fold, layer) problem, on that fold's training rows:
     mean cross-entropy + l2 / 2 * ||W||^2   (biases unpenalised)
 which is scikit-learn's multinomial LogisticRegression with C = 1 / (n_train * l2).
 
-The public entry points live here; the solvers in `logistic` (exact, in each fit's row space) and `mlp`, the
-standardisation and row-space reduction in `reduction`, the forward pass and loss in `logits`.
+The public entry points live here; the solvers in `logistic` (exact, in each fit's row space, `dual`, or in
+each layer's eigenbasis, `primal`, picked by shape) and `mlp`, the standardisation and row-space reduction in
+`reduction`, the forward pass and loss in `logits`.
 """
 
 from __future__ import annotations
@@ -49,8 +50,9 @@ class FitSettings:
     kind: str = "logistic"
     l2: float = 1e-3
     seed: int = 0  # the mlp's initialisation; the logistic fit is convex and starts at zero
-    max_iter: int = 500
+    max_iter: int = 500  # objective evaluations (each one trial step of every problem)
     tolerance: float = 1e-4  # on each problem's largest gradient entry: scikit-learn's default `tol` for lbfgs
+    formulation: str = "auto"  # logistic only: dual | primal | auto (by shape: `stages.probing.logistic`)
 
 
 def fold_masks(fold_of: torch.Tensor, n_folds: int) -> torch.Tensor:
@@ -70,7 +72,16 @@ def fit_probes(
     """
     l2, max_iter, tolerance = settings.l2, settings.max_iter, settings.tolerance
     if settings.kind == "logistic":
-        return fit_logistic(features, answers, valid, train, l2=l2, max_iter=max_iter, tolerance=tolerance)
+        return fit_logistic(
+            features,
+            answers,
+            valid,
+            train,
+            l2=l2,
+            max_iter=max_iter,
+            tolerance=tolerance,
+            formulation=settings.formulation,
+        )
     return fit_mlp(features, answers, valid, train, l2=l2, max_iter=max_iter, tolerance=tolerance, seed=settings.seed)
 
 

@@ -3,6 +3,11 @@
 Written here because torch.optim.LBFGS runs one line search for all parameters together: on the summed
 objective of many probes, one step size must suit every layer, so the well-conditioned layers crawl at the
 step the worst one can take (`benchmarks/bench_probe.py` times the batched fit). Pure torch, deterministic.
+
+Every evaluation is one trial step for every row: a row whose trial fails the Armijo test halves its step and
+tries again at the next evaluation, while the other rows go on. A line search that backtracked inside each
+iteration would make every row wait for the row needing the most halvings: with dozens of problems, almost
+every iteration has one, and the batch paid about twice the evaluations any single problem needs.
 """
 
 from __future__ import annotations
@@ -11,15 +16,32 @@ from collections.abc import Callable
 
 import torch
 
-# (s, y, rho) of one iteration, each with a leading n_problems dim: step, gradient change, 1 / (s . y) or 0.
-Pair = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 Objective = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-MAX_HALVINGS = 30  # backtracking line search: a row whose step is still rejected after this many stays put
+MAX_HALVINGS = 30  # a row whose step is still rejected after this many halvings in a row stops where it is
+ARMIJO = 1e-4  # sufficient decrease: loss <= loss + ARMIJO * step * slope
+# Near the optimum the decrease Armijo asks for falls below the loss's rounding (the probes' products are
+# float32): a step is then also accepted where the loss is flat to LOSS_NOISE relative and the slope at the
+# trial point says it did not overshoot (Hager & Zhang's approximate Wolfe test, delta = 0.1). Without it, a
+# row near its optimum spent up to MAX_HALVINGS evaluations rejecting steps on rounding noise.
+LOSS_NOISE = 1e-6
+OVERSHOOT = 0.8  # trial slope <= -OVERSHOOT * slope: for a quadratic, at most 1.8x the exact line minimum
+STALLED = 1e-12  # a row whose accepted step lowers its loss by less than this (relative) stops
 
 
 def largest_entry(gradient: torch.Tensor) -> torch.Tensor:
     """Per-row largest absolute gradient entry: scikit-learn's stopping test for lbfgs."""
     return gradient.abs().amax(1)
+
+
+# (s, y, rho) of one evaluation, each with a leading n_problems dim: step, gradient change, 1 / (s . y) or 0.
+Pair = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def curvature_pair(s: torch.Tensor, y: torch.Tensor, rows: torch.Tensor) -> Pair:
+    """The pair of one evaluation; rho = 0 (no effect) where a row did not move or the curvature is not positive."""
+    curvature = torch.linalg.vecdot(s, y)
+    rho = torch.where(rows & (curvature > 1e-10), 1.0 / curvature.clamp_min(1e-10), torch.zeros_like(curvature))
+    return s, y, rho
 
 
 def batched_lbfgs(
@@ -33,31 +55,43 @@ def batched_lbfgs(
 ) -> torch.Tensor:
     """L-BFGS run independently for each row of x (n_problems, n_params), all rows in the same tensor ops.
 
-    Each problem keeps its own curvature pairs and its own backtracking (Armijo) step, so an easy layer does
-    not wait on a hard one's step size; converged problems stop moving. `objective(x)` returns per-row
-    losses (n_problems,) and gradients (n_problems, n_params); a row stops once `stationarity(gradient)` <=
-    tolerance. `unit_first_step`: the variables are preconditioned (Hessian ~ identity), so the first step is
+    Each problem has its own curvature pairs and its own backtracking (Armijo) step, so an easy layer does
+    not wait on a hard one's step size; converged problems stop moving, and each row follows the path it
+    would follow alone. `objective(x)` returns per-row losses (n_problems,) and gradients (n_problems,
+    n_params); a row stops once `stationarity(gradient)` <= tolerance. `max_iter` counts evaluations (trial
+    steps). `unit_first_step`: the variables are preconditioned (Hessian ~ identity), so the first step is
     the full negative gradient. Deterministic: no randomness, fixed operation order.
     """
     loss, gradient = objective(x)
-    # Initial inverse-Hessian scale, used while no curvature pair exists (the first iteration only). Without
-    # preconditioning: unit-length first step, the line search shortens it when needed.
+    # Initial inverse-Hessian scale, used while a row has no curvature pair. Without preconditioning:
+    # unit-length first step, the line search shortens it when needed.
     first_scale = torch.ones_like(loss) if unit_first_step else 1.0 / gradient.norm(dim=1).clamp_min(1.0)
     pairs: list[Pair] = []
     active = stationarity(gradient) > tolerance
+    direction, slope = descent_direction(gradient, pairs, first_scale, active)
+    step = torch.ones_like(loss)
     for _ in range(max_iter):
         if not active.any():
             break
-        direction, slope = descent_direction(gradient, pairs, first_scale, active)
-        new_x, new_loss, new_gradient, accepted = line_search(objective, x, loss, gradient, direction, slope, active)
-        s, y = new_x - x, new_gradient - gradient
-        curvature = (s * y).sum(1)
-        rho = torch.where(curvature > 1e-10, 1.0 / curvature.clamp_min(1e-10), torch.zeros_like(curvature))
-        pairs = [*pairs[-(history - 1) :], (s, y, rho)]  # rho = 0 leaves a row's pair without effect
-        # float32 stalls before tiny gradients are reached: also stop a row once its loss stops moving.
-        moving = (loss - new_loss) > 1e-9 * new_loss.abs().clamp_min(1.0)
-        x, loss, gradient = new_x, new_loss, new_gradient
-        active = active & accepted & moving & (stationarity(gradient) > tolerance)
+        trial = x + step[:, None] * direction
+        trial_loss, trial_gradient = objective(trial)
+        flat = trial_loss <= loss + LOSS_NOISE * loss.abs()
+        not_past = torch.linalg.vecdot(trial_gradient, direction) <= -OVERSHOOT * slope
+        decreased = active & (trial_loss <= loss + ARMIJO * step * slope)
+        accepted = decreased | (active & flat & not_past)
+        # A rejected row's pair is empty (rho = 0): it shortens that row's memory, exactly as if it ran alone.
+        pairs = [*pairs[-(history - 1) :], curvature_pair(trial - x, trial_gradient - gradient, accepted)]
+        # A row whose loss no longer moves stops (only on steps the loss itself accepted: past its resolution,
+        # the slope test above keeps the row going on exact gradients, to the tolerance).
+        stalled = decreased & ((loss - trial_loss) <= STALLED * trial_loss.abs().clamp_min(1.0))
+        x = torch.where(accepted[:, None], trial, x)
+        loss = torch.where(accepted, trial_loss, loss)
+        gradient = torch.where(accepted[:, None], trial_gradient, gradient)
+        step = torch.where(accepted, torch.ones_like(step), step / 2)
+        active = active & ~stalled & (step > 2.0**-MAX_HALVINGS) & (stationarity(gradient) > tolerance)
+        new_direction, new_slope = descent_direction(gradient, pairs, first_scale, active & accepted)
+        direction = torch.where(accepted[:, None], new_direction, direction)  # a rejected row retries its own
+        slope = torch.where(accepted, new_slope, slope)
     return x
 
 
@@ -66,53 +100,24 @@ def descent_direction(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row L-BFGS direction (n_problems, n_params) and its slope along the gradient (n_problems,).
 
-    Two-loop recursion over the stored pairs; 0 for inactive rows. A row whose direction is not downhill has
-    lost its curvature information and falls back to steepest descent.
+    Two-loop recursion over the stored pairs (a row's empty pairs have no effect); 0 for inactive rows. A row
+    whose direction is not downhill has lost its curvature information and falls back to steepest descent.
     """
     q, alphas = gradient.clone(), []
     for s, y, rho in reversed(pairs):
-        alpha = rho * (s * q).sum(1)
+        alpha = rho * torch.linalg.vecdot(s, q)
         q -= alpha[:, None] * y
         alphas.append(alpha)
+    scale = first_scale  # initial inverse-Hessian scale: from the newest pair, where it has curvature
     if pairs:
-        s, y, _ = pairs[-1]
-        scale = ((s * y).sum(1) / (y * y).sum(1).clamp_min(1e-30)).clamp_min(0)
-    else:
-        scale = first_scale
+        s, y, rho = pairs[-1]
+        scale = torch.where(rho > 0, torch.linalg.vecdot(s, y) / torch.linalg.vecdot(y, y).clamp_min(1e-30), scale)
     direction = scale[:, None] * q
     for (s, y, rho), alpha in zip(pairs, reversed(alphas), strict=True):
-        direction += s * (alpha - rho * (y * direction).sum(1))[:, None]
+        direction += s * (alpha - rho * torch.linalg.vecdot(y, direction))[:, None]
     direction = -direction * active[:, None]
     slope = (gradient * direction).sum(1)
     uphill = slope >= 0
     direction = torch.where(uphill[:, None], -gradient * active[:, None], direction)
     slope = torch.where(uphill, -(gradient**2).sum(1) * active, slope)
     return direction, slope
-
-
-def line_search(
-    objective: Objective,
-    x: torch.Tensor,
-    loss: torch.Tensor,
-    gradient: torch.Tensor,
-    direction: torch.Tensor,
-    slope: torch.Tensor,
-    active: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Backtracking (Armijo) search along `direction`, each row halving its own step from 1.
-
-    Returns the new x, loss and gradient (a row whose search failed keeps its old ones) and the accepted mask
-    (n_problems,) bool; inactive rows count as accepted.
-    """
-    step = torch.ones_like(loss)
-    for _ in range(MAX_HALVINGS):
-        new_x = x + step[:, None] * direction
-        new_loss, new_gradient = objective(new_x)
-        accepted = (new_loss <= loss + 1e-4 * step * slope) | ~active
-        if accepted.all():
-            break
-        step = torch.where(accepted, step, step / 2)
-    new_x = torch.where(accepted[:, None], new_x, x)  # a row whose search failed stays put
-    new_loss = torch.where(accepted, new_loss, loss)
-    new_gradient = torch.where(accepted[:, None], new_gradient, gradient)
-    return new_x, new_loss, new_gradient, accepted

@@ -1,99 +1,70 @@
-"""Multinomial L2 logistic probes, solved exactly in each fit's row space, preconditioned per direction.
+"""Multinomial L2 logistic probes, solved exactly in one of two formulations, preconditioned per direction.
 
-In the reduced basis (`stages.probing.reduction.row_space`) the data term's Hessian at the start (uniform
-probabilities) is exactly diag(S^2 / n_train) (x) A, with A the (n_slots, n_slots) mean softmax curvature, so
-the change of variables Z = Yhat * (S^2 / n * a + l2)^(-1/2) in A's eigenbasis makes it the identity. As the fit
-grows confident the curvature shrinks unevenly, so the diagonal is re-estimated at the current point after
-PRECONDITIONER_ROUNDS iterations (L-BFGS restarts in the new variables): a few dozen steps instead of hundreds.
-Same optimum as the full-dimensional problem.
-
-float64 for the reduced problem: it is small, and near a separable optimum the float32 loss is too coarse for
-the line search to tell steps apart (the fit stalled a few % away from the optimum's weights). The products
-with the reduced features read (n_problems, n, rank) every evaluation and are memory-bound: float32 there,
-float64 for the small (n, k) logits and everything after.
+Both formulations write each (fit, layer) problem in an orthonormal basis where the data term's Hessian at the
+start (uniform probabilities) is diagonal, or close to it, times A, the (n_slots, n_slots) mean softmax
+curvature: the row space of the fit's training rows (`stages.probing.dual`, exact there) or the eigenbasis of the
+layer's covariance (`stages.probing.primal`). The change of variables Z = Yhat * (diagonal + l2)^(-1/2) in A's
+eigenbasis makes the start's Hessian (about) the identity. As the fit grows confident the curvature shrinks
+unevenly, so the diagonal is re-estimated at the current point after PRECONDITIONER_ROUNDS evaluations (L-BFGS
+restarts in the new variables): a few dozen steps instead of hundreds. Same objective, same stopping rule and
+same optimum in both; `formulation` picks the cheaper one by shape.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Protocol
 
 import torch
 
+from stages.probing.dual import dual_weights, row_space_problem
 from stages.probing.lbfgs import batched_lbfgs
-from stages.probing.reduction import (
-    features_times,
-    features_transposed_times,
-    lift_weights,
-    reduce_fits,
-    training_stats,
-)
+from stages.probing.primal import primal_problem
+from stages.probing.reduction import training_stats
 
-# L-BFGS iterations between refreshes of the diagonal preconditioner (softmax curvature shrinks as the fit
+# L-BFGS evaluations between refreshes of the diagonal preconditioner (softmax curvature shrinks as the fit
 # becomes confident, so the start's exact preconditioner goes stale); the last round runs to max_iter.
 PRECONDITIONER_ROUNDS = (10, 20, 1_000_000)
+FORMULATIONS = ("auto", "dual", "primal")
 
 
-@dataclass(frozen=True)
-class ReducedProblem:
-    """Every (fit, layer) logistic problem in row-space coordinates: Z (rank, k) and b (k) per problem."""
+class Problem(Protocol):
+    """What the solver needs of a formulation: every (fit, layer) problem, coefficients z (rank, k) and b (k)."""
 
-    features: torch.Tensor  # (n_problems, n_examples, rank) float32 U S, 0 on held-out rows
-    squares: torch.Tensor  # features**2: the preconditioner only needs a rough diagonal
-    weights: torch.Tensor  # (n_problems, n_examples) float64: 1 / n_train on training rows, 0 elsewhere
-    gold: torch.Tensor  # (n_examples, k) float64 one-hot answers
-    invalid: torch.Tensor  # (n_examples, k) bool: slots an example does not have
-    l2: float
-
-    def logits(self, z: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """(n_problems, n_examples, k) float64, -inf on invalid slots; z (n_problems, rank, k), b (n_problems, k)."""
-        return (features_times(self.features, z) + b[:, None, :]).masked_fill(self.invalid, float("-inf"))
-
-    def loss_and_gradient(self, z: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-problem mean CE + l2 / 2 * ||Z||^2 (n_problems,) and its gradients in z and in b."""
-        log_probs = torch.log_softmax(self.logits(z, b), dim=-1)
-        cross_entropy = -(log_probs.masked_fill(self.invalid, 0.0) * self.gold).sum(-1)  # (n_problems, n)
-        loss = (cross_entropy * self.weights).sum(1) + self.l2 / 2 * (z**2).sum((1, 2))
-        residual = (log_probs.exp() - self.gold) * self.weights[:, :, None]  # dCE/dlogits, (n_problems, n, k)
-        grad_z = features_transposed_times(self.features, residual) + self.l2 * z
-        return loss, grad_z, residual.sum(1)
+    @property
+    def weights(self) -> torch.Tensor: ...  # (n_problems, n_rows) float64: 1 / n_train on training rows, else 0
+    @property
+    def invalid(self) -> torch.Tensor: ...  # (n_rows, k) bool: slots an example does not have
+    @property
+    def l2(self) -> float: ...
+    @property
+    def shape(self) -> tuple[int, int]: ...  # (n_problems, rank)
+    @property
+    def active(self) -> torch.Tensor: ...  # (n_problems, rank) bool: directions that may move
+    def logits(self, z: torch.Tensor, b: torch.Tensor) -> torch.Tensor: ...
+    def loss_and_gradient(
+        self, z: torch.Tensor, b: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+    def curvature_diagonal(self, along: torch.Tensor) -> torch.Tensor: ...
 
 
-def reduced_problem(
-    features: torch.Tensor,
-    answers: torch.Tensor,
-    valid: torch.Tensor,
-    train: torch.Tensor,
-    mean: torch.Tensor,
-    std: torch.Tensor,
-    l2: float,
-) -> tuple[ReducedProblem, list[torch.Tensor]]:
-    """The row-space problems of every (fit, layer) and each fit's lift back to d_model (see `reduce_fits`)."""
-    reduced, lifts = reduce_fits(features, train, mean, std)
-    narrow = reduced.float()  # see the module docstring: float32 for the memory-bound products
-    del reduced
-    n_layers = features.shape[0]
-    weights = (train.double() / train.sum(dim=1)[:, None]).repeat_interleave(n_layers, 0)  # (n_problems, n)
-    gold = torch.nn.functional.one_hot(answers, valid.shape[1]).double()
-    problem = ReducedProblem(features=narrow, squares=narrow**2, weights=weights, gold=gold, invalid=~valid, l2=l2)
-    return problem, lifts
+def preconditioner(probs: torch.Tensor, problem: Problem):
+    """Diagonal Hessian estimate of every problem at the current probabilities, in the mean curvature's basis.
 
-
-def preconditioner(probs: torch.Tensor, squares: torch.Tensor, weights: torch.Tensor, l2: float):
-    """Diagonal Hessian estimate of the reduced problem at the current probabilities, in the mean curvature's basis.
-
-    probs: (n_problems, n_examples, k); squares: (n_problems, n_examples, rank), the squared reduced features.
-    Returns the slot rotation (n_problems, k, k) and the scales (n_problems, rank, k), (n_problems, k):
-    Z = (Yhat * scale) rotation^T.
-    At uniform probabilities this is the exact Hessian (U is orthonormal on the training rows).
+    probs: (n_problems, n_rows, k). Returns the slot rotation (n_problems, k, k) and the scales
+    (n_problems, rank, k), (n_problems, k): Z = (Yhat * scale) rotation^T.
+    At uniform probabilities this is the exact Hessian of the row-space problem (U is orthonormal on the
+    training rows), and of the primal refit.
     """
+    weights = problem.weights
     curvature = torch.diag_embed(probs) - probs[..., :, None] * probs[..., None, :]  # (n_problems, n, k, k)
     mean_curvature = torch.einsum("pn,pnij->pij", weights, curvature)
     slot_curvature, rotation = torch.linalg.eigh(mean_curvature)  # (n_problems, k), (n_problems, k, k)
     # Each example's curvature along each rotated slot direction, weighted by its squared reduced features.
     along = torch.einsum("pnij,pim,pjm->pnm", curvature, rotation, rotation)  # (n_problems, n, k)
-    diagonal = features_transposed_times(squares, along * weights[..., None])  # (n_problems, rank, k)
-    scale_w = (diagonal + l2).rsqrt() * (squares.amax(1) > 0)[:, :, None]  # dropped directions stay 0
+    diagonal = problem.curvature_diagonal(along * weights[..., None])  # (n_problems, rank, k)
+    scale_w = (diagonal + problem.l2).rsqrt() * problem.active[:, :, None]  # dropped directions stay 0
     flat_direction = slot_curvature <= 1e-6 * slot_curvature[:, -1:].clamp_min(1e-30)  # shifts softmax ignores
     scale_b = slot_curvature.clamp_min(1e-30).rsqrt().masked_fill(flat_direction, 0.0)
     return rotation, scale_w, scale_b
@@ -107,15 +78,15 @@ class Preconditioned:
     Its bound methods `objective` and `stationarity` are what the solver calls.
     """
 
-    problem: ReducedProblem
+    problem: Problem
     rotation: torch.Tensor  # (n_problems, k, k): eigenbasis of the mean softmax curvature
     scale_w: torch.Tensor  # (n_problems, rank, k), 0 on dropped directions
     scale_b: torch.Tensor  # (n_problems, k), 0 on shifts the softmax ignores
 
     @classmethod
-    def at(cls, problem: ReducedProblem, probs: torch.Tensor) -> Preconditioned:
+    def at(cls, problem: Problem, probs: torch.Tensor) -> Preconditioned:
         """Variables preconditioned at the current probabilities probs (n_problems, n_examples, k)."""
-        return cls(problem, *preconditioner(probs, problem.squares, problem.weights, problem.l2))
+        return cls(problem, *preconditioner(probs, problem))
 
     @cached_property
     def scale(self) -> torch.Tensor:
@@ -147,13 +118,13 @@ class Preconditioned:
         return (gradient / self.scale.masked_fill(self.scale == 0, 1.0)).norm(dim=1)
 
 
-def solve(problem: ReducedProblem, max_iter: int, tolerance: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """z (n_problems, rank, k) and b (n_problems, k) minimising each reduced problem, from zero.
+def solve(problem: Problem, max_iter: int, tolerance: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """z (n_problems, rank, k) and b (n_problems, k) minimising each problem, from zero.
 
     L-BFGS in preconditioned variables, restarted with a preconditioner refreshed at the current point after
-    each of PRECONDITIONER_ROUNDS; `max_iter` bounds the iterations of all rounds together.
+    each of PRECONDITIONER_ROUNDS; `max_iter` bounds the evaluations of all rounds together.
     """
-    n_problems, _, rank = problem.features.shape
+    n_problems, rank = problem.shape
     valid = ~problem.invalid
     n_slots = valid.shape[1]
     z = torch.zeros(n_problems, rank, n_slots, dtype=torch.float64)
@@ -188,18 +159,42 @@ def fit_logistic(
     l2: float,
     max_iter: int,
     tolerance: float,
+    formulation: str = "auto",
 ) -> dict[str, torch.Tensor]:
     """Multinomial L2 logistic probe per (training mask, layer); arguments and result as `fit_probes`.
 
     Each problem minimises its training rows' mean cross-entropy + l2 / 2 * ||W||^2 on standardised features.
     Stops when the gradient's 2-norm in (W, b) coordinates is below `tolerance` (stricter than sklearn's
-    largest-entry test with the same tol).
+    largest-entry test with the same tol). `formulation`: dual, primal, or auto (`choose_formulation`).
     """
+    if formulation not in FORMULATIONS:
+        raise ValueError(f"formulation={formulation!r}: expected one of {FORMULATIONS}")
     n_layers = features.shape[0]
     n_fits, n_slots = train.shape[0], valid.shape[1]
+    if formulation == "auto":
+        formulation = choose_formulation(int(train.sum(1).max()), features.shape[2])
     mean, std = training_stats(features, train)  # (n_fits, n_layers, d_model)
-    problem, lifts = reduced_problem(features, answers, valid, train, mean, std, l2)
-    z, b = solve(problem, max_iter, tolerance)
-    z = z.reshape(n_fits, n_layers, -1, n_slots)  # (n_problems, rank, k) -> (n_fits, n_layers, rank, k)
-    w = lift_weights(features, train, mean, std, lifts, z)
+    if formulation == "primal":
+        primal = primal_problem(features, answers, valid, train, mean, std, l2)
+        z, b = solve(primal, max_iter, tolerance)
+        w = primal.weights_of(z).to(features.dtype).reshape(n_fits, n_layers, -1, n_slots)
+    else:
+        dual, lifts = row_space_problem(features, answers, valid, train, mean, std, l2)
+        z, b = solve(dual, max_iter, tolerance)
+        w = dual_weights(features, train, mean, std, lifts, z)
     return {"w": w, "b": b.reshape(n_fits, n_layers, n_slots).to(features.dtype), "mean": mean, "std": std}
+
+
+# The rule's crossover, measured with `benchmarks/bench_probe.py`-style fits (5 folds + refit): see the README.
+PRIMAL_SLOPE, PRIMAL_OFFSET = 0.5, 64
+
+
+def choose_formulation(n_train: int, d_model: int) -> str:
+    """primal where the largest fit has n_train >= PRIMAL_SLOPE * d_model + PRIMAL_OFFSET training rows, else dual.
+
+    Setup dominates both at scale: the dual pays an n x n eigendecomposition and an n x n x d Gram per fit, the
+    primal one d x d eigendecomposition and two n x d x d products per layer, shared by the fits. Per-evaluation
+    overheads dominate small shapes, which the offset covers. The slot count and the number of layers scale
+    both formulations alike, so they do not enter the rule.
+    """
+    return "primal" if n_train >= PRIMAL_SLOPE * d_model + PRIMAL_OFFSET else "dual"
