@@ -150,13 +150,15 @@ def run_extract(model, tokenizer, tokens, split, batch_size, out, device, layers
     from stages.store.teacher_pass import Teacher, write_shards
     from stages.store.writer import StoreLayout, open_partial
 
-    config = ExtractConfig(batch_size=batch_size, shard_examples=4 * batch_size)
+    # The hidden-state pass only: the cloze readout is a separate forward per option, timed by bench_extract.py.
+    config = ExtractConfig(batch_size=batch_size, shard_examples=4 * batch_size, cloze=False)
     teacher = Teacher(model, tokenizer, None, device, torch.bfloat16, layers, letter_ids, letter_rule)
     layout = StoreLayout(
         split.n_examples, len(layers), model.config.hidden_size, config.shard_examples, "float16", True
     )
     group, _ = open_partial(out, layout, "gpu-check")
-    write_shards(teacher, tokens, split, group, layout, list(range(layout.n_shards)), config, tqdm(disable=True))
+    shards = list(range(layout.n_shards))
+    write_shards(teacher, tokens, None, split, group, layout, shards, config, tqdm(disable=True))
 
 
 @torch.inference_mode()
