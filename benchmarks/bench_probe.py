@@ -9,7 +9,8 @@ objective gap is measured on); sklearn on one thread (its lbfgs fits are too sma
 torch on 1 (and with --two-threads on 2). Times are the best of --repeats: CPU seconds on one thread, wall
 seconds on two. Objective gap: the largest relative excess, over every (fit, layer), of torch's objective over
 sklearn's converged one (negative: torch lower everywhere). Accuracy gap: largest per-layer difference in test
-accuracy of the refits, torch at the stage's tolerance (and at the tight one) against sklearn converged.
+accuracy of the refits, torch at the stage's tolerance (and at the tight one) against sklearn converged; and
+sklearn's default against its converged self, the size of gap a fit that stops at tol=1e-4 normally has.
 
     python benchmarks/bench_probe.py                     # every row (tens of minutes on a 2-core machine)
     python benchmarks/bench_probe.py --rows 8x256x256    # some rows
@@ -110,7 +111,7 @@ def clock(threads: int) -> float:
     return time.process_time() if threads == 1 else time.perf_counter()
 
 
-def fit_torch(train_x, train_y, test_x, tolerance: float, threads: int):
+def fit_torch(train_x, train_y, test_x, tolerance: float, threads: int, formulation: str = "auto"):
     """Seconds, per-(fit, layer) weights (w, b) and the refits' test predictions (n_layers, n_test)."""
     torch.set_num_threads(threads)
     valid = torch.ones(train_x.shape[1], N_SLOTS, dtype=torch.bool)
@@ -120,7 +121,7 @@ def fit_torch(train_x, train_y, test_x, tolerance: float, threads: int):
         torch.from_numpy(train_y),
         valid,
         torch.from_numpy(train_masks(len(train_y))),
-        FitSettings(l2=L2, tolerance=tolerance),
+        FitSettings(l2=L2, tolerance=tolerance, formulation=formulation),
     )
     seconds = clock(threads) - start
     refit = {name: tensor[N_FOLDS] for name, tensor in params.items()}
@@ -191,6 +192,9 @@ def measure(row: Row, repeats: int, tight: float, two_threads: bool) -> dict:
         "objective_gap_default": float((objective(train_x, train_y, best["torch"][1]) / exact - 1).max()),
         "accuracy_gap": float(np.abs(accuracy["torch"] - accuracy["sk_exact"]).max()),
         "accuracy_gap_tight": float(np.abs(accuracy["torch_tight"] - accuracy["sk_exact"]).max()),
+        # sklearn's own default fit against its converged one: how far test accuracy moves for an objective gap
+        # of sklearn's default size, the yardstick for torch's accuracy gap
+        "accuracy_gap_sklearn": float(np.abs(accuracy["sk"] - accuracy["sk_exact"]).max()),
     }
 
 
@@ -198,6 +202,7 @@ def header(tight: float, two_threads: bool) -> str:
     cells = ["layers x d_model x n (n/d)", "features", "path", "torch 1e-4", "sklearn 1e-4", f"torch {tight:g}"]
     cells += [f"torch {tight:g}, 2 threads"] * two_threads + ["sklearn 1e-8", "speed-up vs 1e-4"]
     cells += ["speed-up vs 1e-8", f"objective gap {tight:g} (1e-4)", f"accuracy gap 1e-4 ({tight:g})"]
+    cells += ["sklearn 1e-4 accuracy gap"]
     return "| " + " | ".join(cells) + " |"
 
 
@@ -215,8 +220,39 @@ def table_row(row: Row, result: dict) -> str:
         f"{s['sk_exact'] / s['torch_tight']:.1f}x",
         f"{result['objective_gap']:+.1e} ({result['objective_gap_default']:+.1e})",
         f"{result['accuracy_gap']:.1f} pt ({result['accuracy_gap_tight']:.1f})",
+        f"{result['accuracy_gap_sklearn']:.1f} pt",
     ]
     return "| " + " | ".join(cells) + " |"
+
+
+# The crossover table: d_model x layers, and n_train / d_model from well below to well above the rule's boundary.
+CROSSOVER_SHAPES = [(96, 8), (256, 8), (1024, 4)]
+CROSSOVER_FRACTIONS = [0.25, 0.5, 0.75, 1.0, 1.5, 2.0]
+
+
+def crossover(repeats: int) -> None:
+    """Dual against primal at the stage's tolerance, CPU seconds on one thread, anisotropic features: where the
+    rule `choose_formulation` switches against where the measured times cross."""
+    print("| d_model x layers | n_train (n/d) | dual | primal | dual / primal | rule picks |")
+    print("|---|---|---|---|---|---|")
+    for d_model, n_layers in CROSSOVER_SHAPES:
+        for fraction in CROSSOVER_FRACTIONS:
+            n_train = int(round(fraction * d_model))
+            features, answers = synthetic_layers(n_layers, n_train + 8, d_model, 0, True)
+            train_x, train_y, test_x = features[:, :n_train], answers[:n_train], features[:, n_train:]
+            seconds = {
+                formulation: min(
+                    fit_torch(train_x, train_y, test_x, FitSettings.tolerance, 1, formulation)[0]
+                    for _ in range(repeats)
+                )
+                for formulation in ("dual", "primal")
+            }
+            picked = choose_formulation(int(train_masks(n_train).sum(1).max()), d_model)
+            print(
+                f"| {d_model} x {n_layers} | {n_train} ({fraction:g}) | {seconds['dual']:.2f} s | "
+                f"{seconds['primal']:.2f} s | {seconds['dual'] / seconds['primal']:.2f} | {picked} |",
+                flush=True,
+            )
 
 
 def main() -> None:
@@ -225,7 +261,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="runs of each fit; the fastest is reported")
     parser.add_argument("--tight", type=float, default=1e-5, help="torch's tolerance for the converged fit")
     parser.add_argument("--two-threads", action="store_true", help="also time torch on 2 threads (wall time)")
+    parser.add_argument("--crossover", action="store_true", help="time dual against primal around the rule instead")
     args = parser.parse_args()
+    if args.crossover:
+        crossover(args.repeats)
+        return
     rows = [row for row in ROWS if not args.rows or row.name in args.rows]
     print(f"{N_FOLDS} folds + refit per layer, {N_SLOTS} slots, l2 {L2}, {N_TEST} test rows; best of {args.repeats}")
     print(header(args.tight, args.two_threads))
