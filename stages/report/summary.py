@@ -8,7 +8,8 @@ Writes `data/summary/metrics.json`, flat keys that `dvc metrics diff` and `dvc e
 - `<arm>_pgr`: (arm - gold) / (oracle - gold) on letter accuracy, when both gold and oracle ran and oracle > gold;
 - `diff_<a>_minus_<b>` with intervals: probe_kd against logit_kd, cloze_kd and gold, and `diff_probe_minus_best_teacher`
   (the probe against the best teacher readout, the best picked inside every resample);
-- `labels_<source>_<metric>`: label quality on transfer, and the arms' `_test_nll`, `_test_ece`, `_val_acc`.
+- `labels_<source>_<metric>`: label quality on transfer, and the arms' `_test_nll`, `_test_ece`, `_val_acc`;
+- `<arm>_available: 0` for an arm this configuration cannot have (its metrics.json says why; collect.py logs it).
 Intervals: 95% percentile bootstrap over test questions, all sharing one set of resamples (stages/core/intervals.py).
 Also `data/summary/accuracy.csv` (test accuracy per model, a bar chart). Reading and writing: collect.py.
 """
@@ -72,7 +73,9 @@ def accuracies(results: TestResults, indices: np.ndarray) -> dict[str, float]:
 def differences(results: TestResults, indices: np.ndarray) -> dict[str, float]:
     """The paired differences that matter, for those whose models ran."""
     summary: dict[str, float] = {}
-    arms = {arm: correct["letter"] for arm, correct in results.correct.items() if arm != "teacher"}
+    arms = {
+        arm: correct["letter"] for arm, correct in results.correct.items() if arm != "teacher" and "letter" in correct
+    }
     for first, second in DIFFERENCES:
         if first in arms and second in arms:
             estimate = difference_interval(arms[first], [arms[second]], indices)
