@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from stages.__main__ import build_app
@@ -22,7 +23,8 @@ def test_the_command_writes_the_flat_summary(tmp_path: Path):
     result = summarize(tmp_path, *ARMS)
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "data/summary/metrics.json").read_text())
-    assert summary["probe_kd_test_acc"] == 0.75 and summary["oracle_pgr"] == 1.0
+    assert summary["probe_kd_test_acc"] == 0.75 and summary["probe_kd_pgr"] == pytest.approx(0.25 / 0.4)
+    summary = json.loads((tmp_path / "data/summary/details.json").read_text())
     assert summary["diff_probe_kd_minus_logit_kd_ci_low"] < 0.2 < summary["diff_probe_kd_minus_logit_kd_ci_high"]
 
 
@@ -56,7 +58,8 @@ def test_an_unavailable_arm_is_reported_and_left_out_of_comparisons(tmp_path: Pa
     result = summarize(tmp_path, *ARMS)
     assert result.exit_code == 0, result.output
     assert f"arm logit_kd is unavailable: {why}" in caplog.text
-    summary = json.loads((tmp_path / "data/summary/metrics.json").read_text())
+    assert json.loads((tmp_path / "data/summary/metrics.json").read_text())["logit_kd_available"] == 0
+    summary = json.loads((tmp_path / "data/summary/details.json").read_text())
     assert summary["logit_kd_available"] == 0
     assert not any(key.startswith("logit_kd_test") or "minus_logit_kd" in key for key in summary)
     assert summary["probe_kd_test_acc"] == 0.75 and "diff_probe_kd_minus_gold" in summary
