@@ -15,7 +15,7 @@ import typer
 from stages.core.cli import DEFAULT_PARAMS, ParamsFile
 from stages.core.errors import exits_cleanly
 from stages.core.params import load_params
-from stages.sources.schema import read_split
+from stages.sources.schema import prompt_fit, read_split
 from stages.store.extract_config import PARAMS, read_extract_setup
 from stages.store.extraction import run
 
@@ -33,4 +33,4 @@ def main(
     """Cache the teacher's hidden states of every layer into a zarr store."""
     setup = read_extract_setup(load_params(f"extract@{split}", params_file))
     out.parent.mkdir(parents=True, exist_ok=True)
-    run(setup, read_split(data), teacher, out)
+    run(setup, read_split(data), teacher, out, prompt_fit(data))

@@ -9,6 +9,7 @@ Writes `data/summary/metrics.json`, flat keys that `dvc metrics diff` and `dvc e
 - `diff_<a>_minus_<b>` with intervals: probe_kd against logit_kd, cloze_kd and gold, and `diff_probe_minus_best_teacher`
   (the probe against the best teacher readout, the best picked inside every resample);
 - `labels_<source>_<metric>`: label quality on transfer, and the arms' `_test_nll`, `_test_ece`, `_val_acc`;
+- `prompts_skipped`, `prompts_truncated`: examples prepare's prompt.on_too_long dropped or shortened (all splits);
 - `<arm>_available: 0` for an arm this configuration cannot have (its metrics.json says why; collect.py logs it).
 Intervals: 95% percentile bootstrap over test questions, all sharing one set of resamples (stages/core/intervals.py).
 All of it goes to `data/summary/details.json`; `data/summary/metrics.json`, the one file dvc.yaml registers as
@@ -112,6 +113,7 @@ def summarize(
     summary: dict[str, Any] = accuracies(results, indices)
     if readouts and "layer" in readouts:
         summary["probe_layer"] = readouts["layer"]
+    summary.update(flatten("prompts", (readouts or {}).get("prompts", {})))  # prompt.on_too_long's counts
     summary.update(gaps_recovered(summary, list(arm_metrics)))
     summary.update(differences(results, indices))
     for arm, metrics in arm_metrics.items():

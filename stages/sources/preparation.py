@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,8 +85,14 @@ def check_tracked(config: PrepareConfig, raw: Path) -> None:
     log.warning("%s: changes to it will not rerun `prepare` under `dvc repro` (data.allow_untracked: true)", where)
 
 
-def run(setup: PrepareSetup, paths: PreparePaths) -> dict[str, int]:
-    """Load, split, and write the four parquet files into `paths.out` atomically; returns the counts."""
+PromptFitter = Callable[[str, list[dict]], tuple[list[dict], dict[str, Any]]]
+
+
+def run(setup: PrepareSetup, paths: PreparePaths, fit: PromptFitter | None = None) -> dict[str, int]:
+    """Load, split, and write the four parquet files into `paths.out` atomically; returns the counts.
+
+    `fit` (stages/modeling/fitting.py, given by the command when it has the models) applies prompt.on_too_long to
+    each split's rows; what it did goes into that split's metadata (`prompt_fit`)."""
     config, seed, out_dir = setup.data, setup.seed, paths.out
     check_tracked(config, paths.raw)
     # The builtin pool comes from builtin.seed (the task, fixed like a real dataset); `seed` only splits it.
@@ -93,6 +100,9 @@ def run(setup: PrepareSetup, paths: PreparePaths) -> dict[str, int]:
     loaded: LoadedDataset = load_dataset_splits(config.dataset, config.path, config.on_invalid, setup.task,
                                                 builtin_seed)  # fmt: skip
     prepared, notes = assign_splits(loaded.splits, config, seed)
+    fitted = {}
+    for name in SPLITS if fit is not None else ():
+        prepared[name], fitted[name] = fit(name, prepared[name])
     for note in notes:  # carving changes what the splits mean: say so loudly
         (log.info if note.startswith("pool of") else log.warning)("%s: %s", config.dataset, note)
     counts = {name: len(prepared[name]) for name in SPLITS}
@@ -111,6 +121,8 @@ def run(setup: PrepareSetup, paths: PreparePaths) -> dict[str, int]:
         temp.mkdir(parents=True, exist_ok=True)
         for name in SPLITS:
             own = {"split": name, "n_examples": str(counts[name])}
+            if name in fitted:
+                own["prompt_fit"] = json.dumps(fitted[name], sort_keys=True)
             write_split(prepared[name], temp / f"{name}.parquet", {**metadata, **own})
     log.info("wrote %s: %s", out_dir, counts)
     return counts

@@ -11,7 +11,7 @@ import hashlib
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from stages.core.errors import InputError
 
@@ -33,6 +33,10 @@ class PromptConfig:
     cloze_template: str = DEFAULT_CLOZE_TEMPLATE
     """The cloze readout's context: `{question}` without the options; each option's text, after a space, is scored
     as its continuation (lm-evaluation-harness style)."""
+    on_too_long: Literal["error", "skip", "truncate"] = "error"
+    """A prompt longer than the teacher's or the student's positions, decided once in `prepare`: error | skip
+    (drop the example from its split, counted) | truncate (cut the question from the left, keeping the options and
+    the answer cue)."""
 
     def __post_init__(self) -> None:
         for field in ("{question}", "{options}"):

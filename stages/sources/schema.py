@@ -91,6 +91,15 @@ def read_split(path: str | Path) -> Split:
     )
 
 
+def prompt_fit(path: str | Path) -> dict | None:
+    """What `prompt.on_too_long` did to the split in `path` (policy, skipped, truncated, a few ids), or None when
+    prepare had no models to fit the prompts to."""
+    import json
+
+    encoded = (pq.read_schema(str(path)).metadata or {}).get(b"prompt_fit")
+    return None if encoded is None else json.loads(encoded)
+
+
 def example_problem(example: dict) -> str | None:
     """Why `example` is not a valid canonical example, or None when it is.
 

@@ -115,8 +115,9 @@ def cloze_tokens(teacher: Teacher, split: Split, prompt: PromptConfig, config: E
     return cloze
 
 
-def run(setup: ExtractSetup, split: Split, teacher_dir: Path, out: Path) -> None:
-    """Compute and write the whole store for one split (resuming `<out>.partial` when it matches)."""
+def run(setup: ExtractSetup, split: Split, teacher_dir: Path, out: Path, fitted: dict | None = None) -> None:
+    """Compute and write the whole store for one split (resuming `<out>.partial` when it matches); `fitted` (what
+    prepare's prompt.on_too_long did to the split) goes into the store's attributes as `prompt_fit`."""
     import torch
     from accelerate import PartialState
 
@@ -142,7 +143,8 @@ def run(setup: ExtractSetup, split: Split, teacher_dir: Path, out: Path) -> None
     write_shards(teacher, tokens, cloze, split, group, layout, mine, config, progress)
     state.wait_for_everyone()
     if state.is_main_process:
-        attributes = store_attributes(determining, split, teacher, prompt, config, store_fingerprint)
+        attributes = {**store_attributes(determining, split, teacher, prompt, config, store_fingerprint),
+                      "prompt_fit": fitted}  # fmt: skip
         finalize(partial_path(out), out, attributes)
         log.info("wrote %s", out)
     state.wait_for_everyone()
