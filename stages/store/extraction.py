@@ -115,6 +115,19 @@ def cloze_tokens(teacher: Teacher, split: Split, prompt: PromptConfig, config: E
     return cloze
 
 
+def check_device(device: str) -> None:
+    """`extract.device` names a device this machine has (torch would assert deep inside otherwise)."""
+    import torch
+
+    if not device.startswith("cuda"):
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device.partition(":")[2] or 0)
+    if index >= count:
+        built = "this torch has no CUDA support" if torch.version.cuda is None else f"{count} CUDA device(s) visible"
+        raise InputError(f"params.yaml: extract.device={device} but {built}; use extract.device: auto or cpu")
+
+
 def run(setup: ExtractSetup, split: Split, teacher_dir: Path, out: Path, fitted: dict | None = None) -> None:
     """Compute and write the whole store for one split (resuming `<out>.partial` when it matches); `fitted` (what
     prepare's prompt.on_too_long did to the split) goes into the store's attributes as `prompt_fit`."""
@@ -122,6 +135,7 @@ def run(setup: ExtractSetup, split: Split, teacher_dir: Path, out: Path, fitted:
     from accelerate import PartialState
 
     config, prompt = setup.extract, setup.prompt
+    check_device(config.device)
     # Without cpu=True accelerate ignores torchrun's environment on a machine without GPUs.
     state = PartialState(cpu=config.device == "cpu" or not torch.cuda.is_available())
     if state.num_processes != int(os.environ.get("WORLD_SIZE", 1)):
