@@ -12,6 +12,7 @@ import hashlib
 import importlib.metadata
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,29 @@ def cloze_tokens(teacher: Teacher, split: Split, prompt: PromptConfig, config: E
     return cloze
 
 
+def human(n_bytes: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n_bytes < 1000 or unit == "GB":
+            return f"{n_bytes:.3g} {unit}"
+        n_bytes /= 1000
+    raise AssertionError("unreachable")
+
+
+def check_disk(out: Path, layout: StoreLayout) -> None:
+    """Stop before extracting when the store cannot fit in the free space where it goes (less what a partial store
+    being resumed already holds)."""
+    partial = partial_path(out)
+    written = sum(f.stat().st_size for f in partial.rglob("*") if f.is_file()) if partial.exists() else 0
+    needed = layout.expected_bytes() - written
+    free = shutil.disk_usage(next(p for p in (out.parent, *out.parents) if p.exists())).free
+    if needed > free:
+        raise InputError(
+            f"{out}: the store needs about {human(needed)} ({layout.n_examples} examples x {layout.n_layers} "
+            f"layers x {layout.d_model} d_model, {layout.dtype}) but {human(free)} are free there; free space, "
+            "store fewer layers (extract.layers) or use extract.dtype: float16"
+        )
+
+
 def check_device(device: str) -> None:
     """`extract.device` names a device this machine has (torch would assert deep inside otherwise)."""
     import torch
@@ -150,6 +174,7 @@ def run(setup: ExtractSetup, split: Split, teacher_dir: Path, out: Path, fitted:
                          cloze is not None)  # fmt: skip
     determining = determining_values(split, teacher, prompt, config)
     store_fingerprint = fingerprint(determining)
+    check_disk(out, layout)
     group, done = open_store(out, layout, store_fingerprint, state)
     mine = [s for s in range(layout.n_shards) if s % state.num_processes == state.process_index and s not in done]
     n_todo = sum(layout.shard_range(s)[1] - layout.shard_range(s)[0] for s in mine)
