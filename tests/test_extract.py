@@ -298,6 +298,7 @@ def write_params(folder: Path, **extract) -> Path:
             "template": PROMPT.template,
             "option_format": PROMPT.option_format,
             "cloze_template": PROMPT.cloze_template,
+            "on_too_long": PROMPT.on_too_long,
         },  # fmt: skip
         "extract": {**REPO_PARAMS["extract"], "batch_size": 4, "shard_examples": 4, "device": "cpu", **extract},
     }

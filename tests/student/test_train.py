@@ -36,6 +36,7 @@ PARAMS = {
         "template": "{question}\n{options}\nAnswer:",
         "option_format": "{letter}. {text}",
         "cloze_template": "{question}\nAnswer:",
+        "on_too_long": "error",
     },
     "train": {
         "steps": 4,
