@@ -94,7 +94,12 @@ def test_the_headline_metrics_are_the_one_metrics_file(repo):
     [files] = [value["data"] for value in shown.values()]
     assert set(files) == {"data/summary/metrics.json"}
     headline = files["data/summary/metrics.json"]["data"]
-    assert headline == {key: summary(repo)[key] for key in headline} and len(headline) == 14
+    assert headline == {key: summary(repo)[key] for key in headline}
+    arms = ("gold", "logit_kd", "cloze_kd", "probe_kd", "hld", "oracle")
+    expected = {f"{arm}_test_acc" for arm in arms} | {"teacher_letter_test_acc", "teacher_cloze_test_acc",
+                "probe_test_acc", "probe_layer", "diff_probe_kd_minus_logit_kd", "labels_probe_acc",
+                "labels_teacher_acc"}  # fmt: skip
+    assert set(headline) - {"probe_kd_pgr"} == expected  # the PGR only where the oracle beats gold
 
 
 def test_probe_layer_change_in_a_fresh_clone_reruns_only_label_probe_kd_and_summary(clone):

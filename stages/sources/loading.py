@@ -45,9 +45,9 @@ def load_dataset_splits(
     dataset: str, path: str | None, on_invalid: str, builtin_task: TaskConfig | None = None, builtin_seed: int = 0
 ) -> LoadedDataset:
     """The dataset named by `data.dataset` (and `data.path`), validated, grouped by role."""
-    for local in (path, None if dataset == "builtin" or dataset in BENCHMARKS else dataset):
-        if local is not None:
-            check_utf8(Path(local))
+    for named in (path, None if dataset == "builtin" or dataset in BENCHMARKS else dataset):
+        if named is not None and Path(named).exists():
+            check_utf8(Path(named))
     if dataset == "builtin":
         return load_builtin(builtin_task or TaskConfig(), builtin_seed, on_invalid)
     if dataset in BENCHMARKS:

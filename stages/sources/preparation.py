@@ -101,8 +101,9 @@ def run(setup: PrepareSetup, paths: PreparePaths, fit: PromptFitter | None = Non
                                                 builtin_seed)  # fmt: skip
     prepared, notes = assign_splits(loaded.splits, config, seed)
     fitted = {}
-    for name in SPLITS if fit is not None else ():
-        prepared[name], fitted[name] = fit(name, prepared[name])
+    if fit is not None:
+        for name in SPLITS:
+            prepared[name], fitted[name] = fit(name, prepared[name])
     for note in notes:  # carving changes what the splits mean: say so loudly
         (log.info if note.startswith("pool of") else log.warning)("%s: %s", config.dataset, note)
     counts = {name: len(prepared[name]) for name in SPLITS}
