@@ -29,7 +29,8 @@ def test_encoder_teacher_completes_repro_with_unavailable_arms_reported(tmp_path
     for arm in ("gold", "probe_kd", "hld", "oracle"):
         assert 0.0 <= summary[f"{arm}_test_acc"] <= 1.0 and f"{arm}_available" not in summary
     assert "teacher_letter_test_acc" not in summary and 0.0 <= summary["probe_test_acc"] <= 1.0
-    assert summary["labels_teacher_available"] == 0.0 and summary["labels_probe_available"] == 1.0
+    details = json.loads((repo / "data/summary/details.json").read_text())
+    assert details["labels_teacher_available"] == 0.0 and details["labels_probe_available"] == 1.0
     why = json.loads((repo / "data/students/logit_kd/metrics.json").read_text())["why"]
     assert "has no LM head (encoder-only)" in why
     ref = json.loads((repo / "data/models/teacher/model_ref.json").read_text())
