@@ -15,9 +15,9 @@ import typer
 from stages.core.cli import DEFAULT_PARAMS, ParamsFile
 from stages.core.errors import exits_cleanly
 from stages.core.params import load_params
-from stages.sources.schema import read_split
+from stages.sources.schema import prompt_fit, read_split
 from stages.store.extract_config import PARAMS, read_extract_setup
-from stages.store.extraction import run
+from stages.store.extraction import check_device, run
 
 __all__ = ["PARAMS", "main"]
 
@@ -32,5 +32,6 @@ def main(
 ) -> None:
     """Cache the teacher's hidden states of every layer into a zarr store."""
     setup = read_extract_setup(load_params(f"extract@{split}", params_file))
+    check_device(setup.extract.device)  # before any input is read: a machine without the device asked for
     out.parent.mkdir(parents=True, exist_ok=True)
-    run(setup, read_split(data), teacher, out)
+    run(setup, read_split(data), teacher, out, prompt_fit(data))

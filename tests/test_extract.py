@@ -298,6 +298,7 @@ def write_params(folder: Path, **extract) -> Path:
             "template": PROMPT.template,
             "option_format": PROMPT.option_format,
             "cloze_template": PROMPT.cloze_template,
+            "on_too_long": PROMPT.on_too_long,
         },  # fmt: skip
         "extract": {**REPO_PARAMS["extract"], "batch_size": 4, "shard_examples": 4, "device": "cpu", **extract},
     }
@@ -355,3 +356,19 @@ def test_encoder_forward_stops_after_the_deepest_requested_block(encoder_dir):
         block.register_forward_hook(lambda *_, index=index: ran.append(index))
     hidden, logits = LayerGatherer(model, [1], None)(batch)
     assert ran == [0] and hidden.shape == (2, 1, 32) and logits is None
+
+
+def test_a_store_larger_than_the_free_disk_space_stops_before_extracting(causal_dir, split_path, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))  # 1 kB free
+    with pytest.raises(InputError, match=(
+        r"h.zarr: the store needs about 6.25 kB \(11 examples x 4 layers x 32 d_model, float16\) but 1 kB are "
+        r"free there; free space, store fewer layers \(extract.layers\) or use extract.dtype: float16$"
+    )):  # fmt: skip
+        run(causal_dir, split_path, tmp_path / "h.zarr")
+    assert not list(tmp_path.iterdir())  # nothing written, not even a partial store
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 0, 10**9))
+    assert run(causal_dir, split_path, tmp_path / "h.zarr").example_ids == read_split(split_path).ids

@@ -107,6 +107,8 @@ class Case:
     """The parameter the message must name."""
     known_bug: str = ""
     """Why the library's message misses, for a case that fails today (strict xfail: fixing it shows here)."""
+    only_without_cuda: bool = False
+    """A device this machine lacks: skipped where torch sees a CUDA device."""
 
 
 CASES = [
@@ -125,6 +127,8 @@ CASES = [
          "data.on_invalid='ignore' must be one of error, skip", "data.on_invalid"),
     Case("data-missing", "data", "prepare", delete("data.test"),
          "data.test is missing (At most this many test examples.)", "data.test"),
+    Case("data-allow-untracked-string", "data", "prepare", set_("data.allow_untracked", "yes"),
+         "data.allow_untracked='yes' must be true or false", "data.allow_untracked"),
     Case("data-empty-dataset", "data", "prepare", set_("data.dataset", ""), "data.dataset is empty", "data.dataset"),
     Case("data-not-a-mapping", "data", "prepare", set_("data", "builtin"),
          "section `data` is missing or not a mapping", "data"),
@@ -169,6 +173,14 @@ CASES = [
          "prompt.template must contain {options}; got '{question}\\nAnswer:'", "prompt.template"),
     Case("prompt-typo", "prompt", "train@gold", rename("prompt.option_format", "option_fmt"),
          "prompt.option_fmt is not a parameter; did you mean prompt.option_format?", "prompt.option_fmt"),
+    Case("prompt-stray-brace", "prompt", "extract@labeled", set_("prompt.template", "{question}\n{options}\n{Answer:"),
+         "prompt.template='{question}\\n{options}\\n{Answer:': unmatched '{' in format spec; it may use {question} "
+         "and {options}", "prompt.template"),
+    Case("prompt-unknown-field", "prompt", "train@gold", set_("prompt.option_format", "{letter}. {text} ({source})"),
+         "prompt.option_format='{letter}. {text} ({source})': unknown field {source}; it may use {letter} and {text}",
+         "prompt.option_format"),
+    Case("prompt-on-too-long-choice", "prompt", "extract@test", set_("prompt.on_too_long", "cut"),
+         "prompt.on_too_long='cut' must be one of error, skip, truncate", "prompt.on_too_long"),
     Case("prompt-cloze-shows-options", "prompt", "extract@test", set_("prompt.cloze_template", "{question} {options}"),
          "prompt.cloze_template must contain {question} and not {options}", "prompt.cloze_template"),
     # extract
@@ -180,11 +192,18 @@ CASES = [
          "extract.batch_size=0 must be >= 1", "extract.batch_size"),
     Case("extract-choice", "extract", "extract@labeled", set_("extract.dtype", "bfloat16"),
          "extract.dtype='bfloat16' must be one of float16, float32", "extract.dtype"),
+    Case("extract-device-absent", "extract", "extract@val", set_("extract.device", "cuda"),
+         "extract.device=cuda but ", "extract.device", only_without_cuda=True),
+    Case("extract-device-index", "extract", "extract@val", set_("extract.device", "cuda:x"),
+         "extract.device='cuda:x' must be auto, cpu, cuda or cuda:N", "extract.device"),
     Case("extract-device", "extract", "extract@transfer", set_("extract.device", "gpu"),
          "extract.device='gpu' must be auto, cpu, cuda or cuda:N", "extract.device"),
     # probe (all but probe.layer: the probe stage)
     Case("probe-yaml-1.1", "probe", "probe", set_("probe.l2", "1e-3"),
          "probe.l2='1e-3' must be a number (YAML 1.1 reads 1e-3 as text: write 1.0e-3)", "probe.l2"),
+    Case("probe-l2-text", "probe", "probe", set_("probe.l2", "abc"), "probe.l2='abc' must be a number", "probe.l2"),
+    Case("probe-calibrate-string", "probe", "probe", set_("probe.calibrate", "false"),
+         "probe.calibrate='false' must be true or false", "probe.calibrate"),
     Case("probe-out-of-range", "probe", "probe", set_("probe.folds", 1),
          "probe.folds=1: cross-fitting needs >= 2", "probe.folds"),
     Case("probe-choice", "probe", "probe", set_("probe.kind", "svm"),
@@ -279,6 +298,12 @@ def stage_params(stage: str) -> list[str]:
     return resolved
 
 
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 class ReachedTraining(RuntimeError):
     """Raised by the trainer's stand-in: the stage got past config reading."""
 
@@ -319,7 +344,16 @@ def test_the_unedited_params_pass_config_reading(project, stage):
     "case",
     [
         pytest.param(
-            case, id=case.id, marks=[pytest.mark.xfail(strict=True, reason=case.known_bug)] if case.known_bug else []
+            case,
+            id=case.id,
+            marks=[
+                *([pytest.mark.xfail(strict=True, reason=case.known_bug)] if case.known_bug else []),
+                *(
+                    [pytest.mark.skipif(cuda_available(), reason="this machine has CUDA")]
+                    if case.only_without_cuda
+                    else []
+                ),
+            ],
         )
         for case in CASES
     ],

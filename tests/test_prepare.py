@@ -22,7 +22,7 @@ def write_params(folder: Path, dataset: str, **data) -> Path:
     params = {
         "seed": 0,
         "data": {"dataset": dataset, "path": None, "labeled": 2, "transfer": 3, "val": 2, "test": 2,
-                 "on_invalid": "error", **data},
+                 "on_invalid": "error", "allow_untracked": True, **data},  # test files lie outside data/raw/
         "builtin": {"task": {}},
     }  # fmt: skip
     path = folder / "params.yaml"

@@ -198,7 +198,11 @@ def test_command_writes_the_probe_folder(world, tmp_path):
     layers = json.loads((out / "layers.json").read_text())
     assert [row["layer"] for row in layers] == list(range(N_LAYERS))
     csv = (out / "plots" / "layers.csv").read_text().splitlines()
-    assert csv[0] == "layer,cv_acc,val_acc,test_acc,teacher_acc" and len(csv) == N_LAYERS + 1
+    assert csv[0] == "layer,cv_acc,val_acc,test_acc,teacher_acc,teacher_cloze_acc" and len(csv) == N_LAYERS + 1
+    reference = {"teacher_acc": metrics["teacher_test_acc"], "teacher_cloze_acc": metrics["teacher_cloze_test_acc"]}
+    assert 0 < reference["teacher_cloze_acc"] <= 1  # the world's cloze scores are informative
+    for line in csv[1:]:  # the same two reference values on every layer
+        assert [float(value) for value in line.split(",")[4:]] == pytest.approx(list(reference.values()), abs=1e-5)
     probs = load_file(str(out / "probs.safetensors"))
     assert probs["test"].shape == (N_LAYERS, SIZES["test"], 5)
     assert probs["labeled_fold"].shape == (SIZES["labeled"],)

@@ -17,6 +17,11 @@ class InputError(ValueError):
     """Bad input (file, row, parameter): the message names it and says what to change."""
 
 
+class Unavailable(InputError):
+    """An input this configuration cannot have (an encoder teacher's letter outputs, a student without hidden
+    states): a consumer that can record it as unavailable does so instead of stopping; elsewhere it is an error."""
+
+
 def exits_cleanly(command: F) -> F:
     """Run a typer command; an InputError becomes `error: <message>` on stderr and exit code 2."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,8 @@ class ModelRef:
     """What `models` resolved: enough to load the exact same weights again."""
 
     source: str
-    """Hub id, local path, or the builtin folder (relative to the model dir)."""
+    """Hub id, local path (relative to the repository root where it lies inside it), or the builtin folder
+    (relative to the model dir)."""
     revision: str | None
     """Resolved hub commit, or `sha256:<hash>` of a local folder's files."""
     kind: str
@@ -63,6 +65,13 @@ def infer_kind(config: Any) -> str:
     return "encoder"
 
 
+def relative_to_root(folder: Path) -> str:
+    """`folder` relative to the repository root (the working directory every stage runs in) where it lies inside
+    it, so model_ref.json holds the same path in every clone; absolute where it lies outside."""
+    absolute, root = Path(os.path.abspath(folder.expanduser())), Path.cwd().resolve()
+    return absolute.relative_to(root).as_posix() if absolute.is_relative_to(root) else str(absolute)
+
+
 def hash_folder(folder: Path) -> str:
     """Content hash of a local model folder (file names and bytes), so edits to the weights rerun stages."""
     digest = hashlib.sha256()
@@ -82,8 +91,15 @@ def resolve(source: str, *, revision: str | None, trust_remote_code: bool) -> Mo
     if local.exists():
         if not local.is_dir():
             raise InputError(f"{source}: a local model must be a folder saved with save_pretrained")
-        config = AutoConfig.from_pretrained(local, trust_remote_code=trust_remote_code)
-        return ModelRef(str(local.resolve()), hash_folder(local), infer_kind(config), trust_remote_code)
+        try:
+            config = AutoConfig.from_pretrained(local, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as error:  # no config.json, or one transformers does not recognise
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise InputError(
+                f"{source}: no model transformers can load in this folder ({first}); give a folder saved with "
+                "save_pretrained (config.json, safetensors weights, tokenizer)"
+            ) from error
+        return ModelRef(relative_to_root(local), hash_folder(local), infer_kind(config), trust_remote_code)
     from huggingface_hub import snapshot_download
 
     try:

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from stages.core.errors import InputError
+from stages.core.errors import InputError, Unavailable
 from stages.sources.prompts import MAX_CHOICES
 from stages.sources.schema import Split
 
@@ -79,7 +79,7 @@ def read_labels(path: str | Path, split: Split, split_name: str) -> np.ndarray:
     path = Path(path)
     metadata = read_metadata(path)
     if not metadata.get("available", True):
-        raise InputError(
+        raise Unavailable(
             f"{path}: no {metadata.get('kind', '?')} labels: {metadata.get('missing', 'the teacher has none')}; an arm "
             "distilling from them cannot run (use probe_kd or hld instead)"
         )

@@ -28,7 +28,7 @@ from stages.core.predictions import write_predictions
 from stages.probing.label_files import label_table, write_labels
 from stages.probing.probe_files import read_probe_output
 from stages.probing.readouts import Missing, Probabilities, accuracies, predictions, teacher_readouts
-from stages.sources.schema import SPLITS, Split, read_split
+from stages.sources.schema import SPLITS, Split, prompt_fit, read_split
 from stages.store.reader import open_stores
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def run(config: LabelConfig, paths: LabelPaths) -> dict[str, Any]:
         "cloze": {"temperature": cloze_temperature},
     }
     quality = label_quality(readouts, splits["transfer"].answers, layer)
-    table = {"layer": layer, **accuracies(readouts, splits)}
+    table = {"layer": layer, **accuracies(readouts, splits), "prompts": prompts_fitted(paths.prepared)}
     for source, readout in SOURCES.items():
         folds = tensors["labeled_fold"] if source == "probe" else None
         write_source(paths.out / f"{source}.parquet", readouts[readout], splits, folds,
@@ -119,6 +119,12 @@ def run(config: LabelConfig, paths: LabelPaths) -> dict[str, Any]:
     write_text_atomic(paths.out / "quality.json", json.dumps(quality, indent=2, sort_keys=True) + "\n")
     log.info("label: wrote %s; readouts %s", paths.out, json.dumps(table))
     return quality
+
+
+def prompts_fitted(prepared: Path) -> dict[str, int]:
+    """How many examples prepare's prompt.on_too_long skipped and truncated, over all splits (for the summary)."""
+    notes = [prompt_fit(prepared / f"{name}.parquet") or {} for name in SPLITS]
+    return {key: sum(int(note.get(key, 0)) for note in notes) for key in ("skipped", "truncated")}
 
 
 def write_source(

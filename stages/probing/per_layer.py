@@ -108,9 +108,10 @@ def read_chunk(store: HiddenStore, indices: range) -> torch.Tensor:
 
 
 def layer_metrics(result: ProbeResult, splits: dict[str, Split], teacher_probs: dict[str, np.ndarray | None]) -> list:
-    """One dict per layer: cv (out-of-fold labeled), val and test metrics, teacher output accuracy beside them."""
+    """One dict per layer: cv (out-of-fold labeled), val and test metrics, the teacher's readouts beside them
+    (`teacher_probs`: `<split>` for its letters, `cloze_<split>` for its cloze readout; None: unavailable)."""
     teacher = {
-        f"teacher_{name}_acc": summary(probs, splits[name].answers)["acc"]
+        f"teacher_{name}_acc": summary(probs, splits[name.removeprefix("cloze_")].answers)["acc"]
         for name, probs in teacher_probs.items()
         if probs is not None
     }
@@ -155,6 +156,8 @@ def run(config: ProbeConfig, paths: ProbePaths) -> ProbeResult:
     for name in ("val", "test"):
         logits = stores[name].option_logits()
         teacher_probs[name] = None if logits is None else masked_softmax(logits, splits[name].valid_mask())
+    scores = stores["test"].cloze()  # the probe plot's second reference line
+    teacher_probs["cloze_test"] = None if scores is None else masked_softmax(scores, splits["test"].valid_mask())
     result.layer_metrics = layer_metrics(result, splits, teacher_probs)
     provenance = {
         "config": asdict(config),

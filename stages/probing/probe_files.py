@@ -65,10 +65,12 @@ def write_outputs(out: Path, result: ProbeResult, splits: dict[str, Split], prov
         (temp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         (temp / "layers.json").write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
         (temp / "plots").mkdir()
-        # teacher_acc is the teacher's own letter accuracy on test (a reference line); empty for encoder teachers.
-        columns = ["layer", "cv_acc", "val_acc", "test_acc", "teacher_test_acc"]
+        # teacher_acc and teacher_cloze_acc: the teacher's letter and cloze readouts on test (reference lines);
+        # empty where the teacher has no such readout (an encoder; extract.cloze: false).
+        columns = ["layer", "cv_acc", "val_acc", "test_acc", "teacher_test_acc", "teacher_cloze_test_acc"]
         values = ([row.get(column, "") for column in columns] for row in rows)
-        write_csv(temp / "plots" / "layers.csv", ["layer", "cv_acc", "val_acc", "test_acc", "teacher_acc"], values)
+        header = ["layer", "cv_acc", "val_acc", "test_acc", "teacher_acc", "teacher_cloze_acc"]
+        write_csv(temp / "plots" / "layers.csv", header, values)
 
 
 def canonical_json(value: Any) -> str:

@@ -12,7 +12,7 @@ from stages.core.atomic import atomic_path
 from stages.core.errors import InputError
 from stages.core.plot_data import write_csv
 from stages.core.predictions import read_predictions
-from stages.report.summary import TestResults, accuracy_rows, summarize
+from stages.report.summary import TestResults, accuracy_rows, headline, label_rows, summarize
 
 log = logging.getLogger(__name__)
 PREDICTIONS = "test_predictions.parquet"
@@ -40,17 +40,23 @@ class SummaryPaths:
     labels: Path
     """The label stage's folder: test_predictions.parquet, readouts.json, quality.json."""
     out: Path
-    """Folder for metrics.json and accuracy.csv, replaced atomically."""
+    """Folder for metrics.json (headline), details.json (everything), accuracy.csv and labels.csv, replaced
+    atomically."""
 
 
-def read_arms(folders: list[Path]) -> dict[str, dict[str, Any]]:
-    metrics = {}
+def read_arms(folders: list[Path]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """({arm: its metrics} of the arms that trained, {arm: why} of those this configuration cannot have)."""
+    metrics, unavailable = {}, {}
     for folder in folders:
         loaded = read_json(folder / "metrics.json", required=True, why=f"run `dvc repro train@{folder.name}`")
+        if loaded is not None and loaded.get("available") is False:
+            unavailable[folder.name] = str(loaded.get("why", "no reason recorded"))
+            log.warning("summary: arm %s is unavailable: %s", folder.name, unavailable[folder.name])
+            continue
         if loaded is None or "test_acc" not in loaded:
             raise InputError(f"{folder / 'metrics.json'}: no test_acc; rerun train@{folder.name}")
         metrics[folder.name] = loaded
-    return metrics
+    return metrics, unavailable
 
 
 def read_results(paths: SummaryPaths) -> TestResults:
@@ -69,14 +75,19 @@ def read_results(paths: SummaryPaths) -> TestResults:
 
 def run(paths: SummaryPaths) -> dict[str, Any]:
     """Write the flat summary and the accuracy bar-chart data; returns the summary."""
-    arm_metrics = read_arms(paths.arms)
+    arm_metrics, unavailable = read_arms(paths.arms)
     results = read_results(paths)
     readouts = read_json(paths.labels / "readouts.json", required=False, why="run `dvc repro label`")
     quality = read_json(paths.labels / "quality.json", required=False, why="run `dvc repro label`")
     summary = summarize(results, arm_metrics, readouts, quality)
+    summary.update({f"{arm}_available": 0 for arm in unavailable})
+    arms = [folder.name for folder in paths.arms]
     with atomic_path(paths.out, directory=True) as out:
         # Sorted like every JSON artifact (`dvc metrics show` sorts its columns anyway): each arm's keys stay together.
-        (out / "metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        write_csv(out / "accuracy.csv", ["model", "test_acc"], accuracy_rows(summary, list(arm_metrics)))
+        (out / "metrics.json").write_text(json.dumps(headline(summary, arms), indent=2, sort_keys=True) + "\n")
+        (out / "details.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        header = ["model", "test_acc", "ci_low", "ci_high"]
+        write_csv(out / "accuracy.csv", header, accuracy_rows(summary, list(arm_metrics)))
+        write_csv(out / "labels.csv", ["source", "acc", "nll", "ece"], label_rows(summary))
     log.info("summary: %s", json.dumps(summary))
     return summary

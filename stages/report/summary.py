@@ -8,9 +8,14 @@ Writes `data/summary/metrics.json`, flat keys that `dvc metrics diff` and `dvc e
 - `<arm>_pgr`: (arm - gold) / (oracle - gold) on letter accuracy, when both gold and oracle ran and oracle > gold;
 - `diff_<a>_minus_<b>` with intervals: probe_kd against logit_kd, cloze_kd and gold, and `diff_probe_minus_best_teacher`
   (the probe against the best teacher readout, the best picked inside every resample);
-- `labels_<source>_<metric>`: label quality on transfer, and the arms' `_test_nll`, `_test_ece`, `_val_acc`.
+- `labels_<source>_<metric>`: label quality on transfer, and the arms' `_test_nll`, `_test_ece`, `_val_acc`;
+- `prompts_skipped`, `prompts_truncated`: examples prepare's prompt.on_too_long dropped or shortened (all splits);
+- `<arm>_available: 0` for an arm this configuration cannot have (its metrics.json says why; collect.py logs it).
 Intervals: 95% percentile bootstrap over test questions, all sharing one set of resamples (stages/core/intervals.py).
-Also `data/summary/accuracy.csv` (test accuracy per model, a bar chart). Reading and writing: collect.py.
+All of it goes to `data/summary/details.json`; `data/summary/metrics.json`, the one file dvc.yaml registers as
+metrics, holds the headline subset (`headline`), so `dvc exp show --only-changed` stays one screen wide.
+Also `data/summary/accuracy.csv` (test accuracy per model with its interval) and `labels.csv` (label quality per
+source), the bar charts. Reading and writing: collect.py.
 """
 
 from __future__ import annotations
@@ -72,7 +77,9 @@ def accuracies(results: TestResults, indices: np.ndarray) -> dict[str, float]:
 def differences(results: TestResults, indices: np.ndarray) -> dict[str, float]:
     """The paired differences that matter, for those whose models ran."""
     summary: dict[str, float] = {}
-    arms = {arm: correct["letter"] for arm, correct in results.correct.items() if arm != "teacher"}
+    arms = {
+        arm: correct["letter"] for arm, correct in results.correct.items() if arm != "teacher" and "letter" in correct
+    }
     for first, second in DIFFERENCES:
         if first in arms and second in arms:
             estimate = difference_interval(arms[first], [arms[second]], indices)
@@ -106,6 +113,7 @@ def summarize(
     summary: dict[str, Any] = accuracies(results, indices)
     if readouts and "layer" in readouts:
         summary["probe_layer"] = readouts["layer"]
+    summary.update(flatten("prompts", (readouts or {}).get("prompts", {})))  # prompt.on_too_long's counts
     summary.update(gaps_recovered(summary, list(arm_metrics)))
     summary.update(differences(results, indices))
     for arm, metrics in arm_metrics.items():
@@ -114,7 +122,29 @@ def summarize(
     return summary
 
 
-def accuracy_rows(summary: dict[str, Any], arms: list[str]) -> list[tuple[str, float]]:
-    """(model, test accuracy) for the bar chart: each arm, then the probe and the teacher readouts when known."""
-    names = [*arms, "probe", *TEACHER_READOUTS]
-    return [(name, summary[f"{name}_test_acc"]) for name in names if f"{name}_test_acc" in summary]
+HEADLINE = ("teacher_letter_test_acc", "teacher_cloze_test_acc", "probe_test_acc", "probe_layer", "probe_kd_pgr",
+            "diff_probe_kd_minus_logit_kd", "labels_probe_acc", "labels_teacher_acc")  # fmt: skip
+
+
+def headline(summary: dict[str, Any], arms: list[str]) -> dict[str, Any]:
+    """The keys `dvc metrics show` / `dvc exp show` print: every arm's test accuracy (or `<arm>_available: 0`), the
+    teacher's letter and cloze readouts and the probe on test, the probe's layer, the probe-KD student's PGR and
+    its gain over logit KD, and the probe's and the teacher's label accuracy on transfer."""
+    names = [*HEADLINE, *(f"{arm}_{key}" for arm in arms for key in ("test_acc", "available"))]
+    return {name: summary[name] for name in sorted(names) if name in summary}
+
+
+def accuracy_rows(summary: dict[str, Any], arms: list[str]) -> list[tuple[str, float, float, float]]:
+    """(model, test accuracy, interval low, high) for the bar chart: each arm, then the probe and the teacher
+    readouts when known."""
+    names = [f"{name}_test_acc" for name in (*arms, "probe", *TEACHER_READOUTS)]
+    return [(name.removesuffix("_test_acc"), summary[name], summary[f"{name}_ci_low"], summary[f"{name}_ci_high"])
+            for name in names if name in summary]  # fmt: skip
+
+
+def label_rows(summary: dict[str, Any]) -> list[tuple[str, float, float, float]]:
+    """(source, accuracy, NLL, ECE) of each soft-label source on transfer that the teacher has."""
+    sources = ("teacher", "cloze", "probe")
+    keys = [f"labels_{source}_{metric}" for source in sources for metric in ("acc", "nll", "ece")]
+    return [(source, *(summary[key] for key in keys[3 * i : 3 * i + 3])) for i, source in enumerate(sources)
+            if all(key in summary for key in keys[3 * i : 3 * i + 3])]  # fmt: skip

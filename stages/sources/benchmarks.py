@@ -169,7 +169,14 @@ def load_from_hub(dataset: str, on_invalid: str) -> LoadedDataset:
     hub_id, config = HUB_IDS[dataset]
     origin = f"{hub_id}:{config}"
     log.info("loading %s from the Hugging Face hub", origin)
-    loaded = datasets.load_dataset(hub_id, config)
+    try:
+        loaded = datasets.load_dataset(hub_id, config)
+    except Exception as error:  # offline (ConnectionError), rate-limited, moved: one line naming the way round
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise InputError(
+            f"data.dataset={dataset}: could not load {origin} from the Hugging Face hub ({type(error).__name__}: "
+            f"{first[:200]}); offline, download it once and point data.path at the local copy under data/raw/"
+        ) from error
     collector = RowCollector(on_invalid, origin)
     for split, rows in loaded.items():
         role = ROLE_ALIASES.get(split)

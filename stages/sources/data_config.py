@@ -26,6 +26,8 @@ class PrepareConfig:
     """At most this many test examples."""
     on_invalid: Literal["error", "skip"] = "error"
     """error | skip: skipping drops bad rows and reports how many per file."""
+    allow_untracked: bool = False
+    """Accept local data outside data/raw/ (with a warning): `dvc repro` then misses edits to it."""
 
     def __post_init__(self) -> None:
         if not self.dataset.strip():

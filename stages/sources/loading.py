@@ -45,6 +45,9 @@ def load_dataset_splits(
     dataset: str, path: str | None, on_invalid: str, builtin_task: TaskConfig | None = None, builtin_seed: int = 0
 ) -> LoadedDataset:
     """The dataset named by `data.dataset` (and `data.path`), validated, grouped by role."""
+    for named in (path, None if dataset == "builtin" or dataset in BENCHMARKS else dataset):
+        if named is not None and Path(named).exists():
+            check_utf8(Path(named))
     if dataset == "builtin":
         return load_builtin(builtin_task or TaskConfig(), builtin_seed, on_invalid)
     if dataset in BENCHMARKS:
@@ -57,6 +60,26 @@ def load_dataset_splits(
     if path is not None:
         raise InputError(f"data.path is only for {', '.join(BENCHMARKS)}; set it to null for data.dataset={dataset}")
     return read_canonical(Path(dataset), on_invalid)
+
+
+TEXT_SUFFIXES = (".jsonl", ".json", ".csv", ".txt", ".tsv")
+
+
+def check_utf8(path: Path) -> None:
+    """Every text file of a local dataset must be UTF-8: a file-level error (whatever data.on_invalid says), with
+    the file and the first bad byte named, before any row is read."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES)
+    for file in files:
+        if file.suffix not in TEXT_SUFFIXES or not file.is_file():
+            continue
+        try:
+            file.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as error:
+            line = file.read_bytes()[: error.start].count(b"\n") + 1
+            raise InputError(
+                f"{file} line {line}: not UTF-8 (byte 0x{error.object[error.start]:02x} at offset {error.start}); "
+                "re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
+            ) from None
 
 
 def load_builtin(task: TaskConfig, seed: int, on_invalid: str) -> LoadedDataset:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from stages.core.atomic import atomic_path
 from stages.core.config import SEED, Section, build, read_seed
+from stages.core.errors import InputError
 from stages.core.params import section
 from stages.sources.benchmarks import BENCHMARKS
 from stages.sources.builtin_world import BUILTIN_SEED, TaskConfig, read_builtin_seed
@@ -61,8 +63,9 @@ def read_prepare_setup(params: dict[str, Any]) -> PrepareSetup:
     return PrepareSetup(data, read_seed(params), task, builtin_seed)
 
 
-def warn_if_not_a_dep(config: PrepareConfig, raw: Path) -> None:
-    """Local data outside data/raw/ is invisible to `dvc repro`: say so, since editing it reruns nothing."""
+def check_tracked(config: PrepareConfig, raw: Path) -> None:
+    """Local data outside data/raw/ is invisible to `dvc repro` (editing it would rerun nothing): an error, or a
+    warning where `data.allow_untracked` says so."""
     if config.path is not None:
         key, source = "data.path", config.path
     elif config.dataset != "builtin" and config.dataset not in BENCHMARKS:
@@ -70,28 +73,37 @@ def warn_if_not_a_dep(config: PrepareConfig, raw: Path) -> None:
     else:
         return
     # abspath, not resolve: judged by the path as written (relative to the repo root dvc runs in).
-    if not Path(os.path.abspath(source)).is_relative_to(os.path.abspath(raw)):
-        log.warning(
-            "%s=%s is outside %s/, which is the only local data `prepare` depends on in dvc.yaml: "
-            "changes to it will not rerun `prepare` under `dvc repro`; move or copy it under %s/ "
-            "(or `dvc add` it there) and point %s at it",
-            key,
-            source,
-            raw,
-            raw,
-            key,
+    if Path(os.path.abspath(source)).is_relative_to(os.path.abspath(raw)):
+        return
+    where = f"{key}={source} is outside {raw}/, the only local data `prepare` depends on in dvc.yaml"
+    if not config.allow_untracked:
+        name = Path(source.rstrip("/")).name
+        raise InputError(
+            f"{where}, so `dvc repro` would not notice edits to it: copy it there (`cp -r {source} {raw}/`) and set "
+            f"{key}={raw}/{name}, or set data.allow_untracked: true"
         )
+    log.warning("%s: changes to it will not rerun `prepare` under `dvc repro` (data.allow_untracked: true)", where)
 
 
-def run(setup: PrepareSetup, paths: PreparePaths) -> dict[str, int]:
-    """Load, split, and write the four parquet files into `paths.out` atomically; returns the counts."""
+PromptFitter = Callable[[str, list[dict]], tuple[list[dict], dict[str, Any]]]
+
+
+def run(setup: PrepareSetup, paths: PreparePaths, fit: PromptFitter | None = None) -> dict[str, int]:
+    """Load, split, and write the four parquet files into `paths.out` atomically; returns the counts.
+
+    `fit` (stages/modeling/fitting.py, given by the command when it has the models) applies prompt.on_too_long to
+    each split's rows; what it did goes into that split's metadata (`prompt_fit`)."""
     config, seed, out_dir = setup.data, setup.seed, paths.out
-    warn_if_not_a_dep(config, paths.raw)
+    check_tracked(config, paths.raw)
     # The builtin pool comes from builtin.seed (the task, fixed like a real dataset); `seed` only splits it.
     builtin_seed = setup.builtin_seed or 0
     loaded: LoadedDataset = load_dataset_splits(config.dataset, config.path, config.on_invalid, setup.task,
                                                 builtin_seed)  # fmt: skip
     prepared, notes = assign_splits(loaded.splits, config, seed)
+    fitted = {}
+    if fit is not None:
+        for name in SPLITS:
+            prepared[name], fitted[name] = fit(name, prepared[name])
     for note in notes:  # carving changes what the splits mean: say so loudly
         (log.info if note.startswith("pool of") else log.warning)("%s: %s", config.dataset, note)
     counts = {name: len(prepared[name]) for name in SPLITS}
@@ -110,6 +122,8 @@ def run(setup: PrepareSetup, paths: PreparePaths) -> dict[str, int]:
         temp.mkdir(parents=True, exist_ok=True)
         for name in SPLITS:
             own = {"split": name, "n_examples": str(counts[name])}
+            if name in fitted:
+                own["prompt_fit"] = json.dumps(fitted[name], sort_keys=True)
             write_split(prepared[name], temp / f"{name}.parquet", {**metadata, **own})
     log.info("wrote %s: %s", out_dir, counts)
     return counts

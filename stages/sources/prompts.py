@@ -11,7 +11,7 @@ import hashlib
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from stages.core.errors import InputError
 
@@ -33,6 +33,10 @@ class PromptConfig:
     cloze_template: str = DEFAULT_CLOZE_TEMPLATE
     """The cloze readout's context: `{question}` without the options; each option's text, after a space, is scored
     as its continuation (lm-evaluation-harness style)."""
+    on_too_long: Literal["error", "skip", "truncate"] = "error"
+    """A prompt longer than the teacher's or the student's positions, decided once in `prepare`: error | skip
+    (drop the example from its split, counted) | truncate (cut the question from the left, keeping the options and
+    the answer cue)."""
 
     def __post_init__(self) -> None:
         for field in ("{question}", "{options}"):
@@ -46,12 +50,28 @@ class PromptConfig:
         for field in ("{letter}", "{text}"):
             if field not in self.option_format:
                 raise InputError(f"params.yaml: prompt.option_format must contain {field}; got {self.option_format!r}")
+        for name, fields in (("template", ("question", "options")), ("option_format", ("letter", "text")),
+                             ("cloze_template", ("question",))):  # fmt: skip
+            check_format(name, getattr(self, name), fields)
 
     @property
     def digest(self) -> str:
         """Short hash of everything that changes the lettered prompt's text (recorded in artifacts)."""
         payload = f"{self.template}\x00{self.option_format}".encode()
         return hashlib.sha256(payload).hexdigest()[:16]
+
+
+def check_format(name: str, text: str, fields: tuple[str, ...]) -> None:
+    """`text` formats with exactly `fields` (a stray brace or an unknown field is a clear error, not a traceback)."""
+    try:
+        text.format(**dict.fromkeys(fields, ""))
+    except (ValueError, KeyError, IndexError, AttributeError) as error:
+        what = f"unknown field {{{error.args[0]}}}" if isinstance(error, KeyError) else str(error)
+        allowed = " and ".join(f"{{{field}}}" for field in fields)
+        raise InputError(
+            f"params.yaml: prompt.{name}={text!r}: {what}; it may use {allowed} (write {{{{ and }}}} for a literal "
+            "brace)"
+        ) from None
 
 
 def format_prompt(question: str, choices: Sequence[str], config: PromptConfig = PromptConfig()) -> str:

@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from stages.core.errors import InputError
-from stages.sources.schema import example_problem
+from stages.sources.schema import duplicate_options, example_problem
 
 log = logging.getLogger(__name__)
 
 ROLES = ("train", "val", "test")
+WARN_ROWS = 5  # rows named per file in a warning; the rest counted
 ROLE_ALIASES = {"train": "train", "val": "val", "validation": "val", "dev": "val", "test": "test"}
 
 
@@ -34,6 +35,7 @@ class RowCollector:
         self.splits: dict[str, list[dict]] = {}
         self.skipped: dict[str, int] = {}
         self.first_seen: dict[str, str] = {}
+        self.duplicates: dict[str, int] = {}  # file -> rows with duplicate option texts (warned, kept)
 
     def reject(self, file: str, where: str, reason: str) -> None:
         if self.on_invalid == "error":
@@ -55,9 +57,18 @@ class RowCollector:
             self.reject(file, where, problem)
             return
         self.first_seen[example["id"]] = where
+        duplicate = duplicate_options(example)
+        if duplicate is not None:  # kept (real datasets have a few), but said, with the row
+            self.duplicates[file] = self.duplicates.get(file, 0) + 1
+            if self.duplicates[file] <= WARN_ROWS:
+                log.warning("%s: %s: the readouts cannot tell them apart (kept)", where, duplicate)
         self.splits.setdefault(role, []).append(example)
 
     def finish(self) -> LoadedDataset:
+        for file, count in self.duplicates.items():
+            if count > WARN_ROWS:
+                log.warning("%s: %d rows in all have duplicate option texts (the first %d named above)", file, count,
+                            WARN_ROWS)  # fmt: skip
         for file, count in self.skipped.items():
             log.warning("%s: skipped %d invalid row(s) (data.on_invalid: skip)", file, count)
         return LoadedDataset(splits=self.splits, origin=self.origin, skipped=dict(self.skipped))

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stages.core.errors import InputError
-from stages.sources.prompts import MAX_CHOICES
+from stages.sources.prompts import LETTERS, MAX_CHOICES
 
 SPLITS = ("labeled", "transfer", "val", "test")
 
@@ -91,6 +91,15 @@ def read_split(path: str | Path) -> Split:
     )
 
 
+def prompt_fit(path: str | Path) -> dict | None:
+    """What `prompt.on_too_long` did to the split in `path` (policy, skipped, truncated, a few ids), or None when
+    prepare had no models to fit the prompts to."""
+    import json
+
+    encoded = (pq.read_schema(str(path)).metadata or {}).get(b"prompt_fit")
+    return None if encoded is None else json.loads(encoded)
+
+
 def example_problem(example: dict) -> str | None:
     """Why `example` is not a valid canonical example, or None when it is.
 
@@ -107,6 +116,9 @@ def example_problem(example: dict) -> str | None:
         return f"choices must be a list of strings (got {type(choices).__name__})"
     if not 2 <= len(choices) <= MAX_CHOICES:
         return f"{len(choices)} choice{'' if len(choices) == 1 else 's'}; a question needs 2..{MAX_CHOICES}"
+    empty = [index for index, choice in enumerate(choices) if not choice.strip()]
+    if empty:
+        return f"option {LETTERS[empty[0]]} is empty (no text to choose or to score)"
     answer = example.get("answer")
     if answer is None:
         return "missing answer"
@@ -117,6 +129,16 @@ def example_problem(example: dict) -> str | None:
     for name in ("source", "subject"):
         if example.get(name) is not None and not isinstance(example[name], str):
             return f"{name} must be a string or null (got {example[name]!r})"
+    return None
+
+
+def duplicate_options(example: dict) -> str | None:
+    """Options of one question with the same text (after stripping), which no readout can tell apart; None if none."""
+    seen: dict[str, int] = {}
+    for index, choice in enumerate(example["choices"]):
+        first = seen.setdefault(choice.strip(), index)
+        if first != index:
+            return f"options {LETTERS[first]} and {LETTERS[index]} have the same text {choice.strip()!r}"
     return None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -36,7 +37,7 @@ class ExtractConfig:
         for name in ("batch_size", "shard_examples"):
             if getattr(self, name) < 1:
                 raise InputError(f"params.yaml: extract.{name}={getattr(self, name)} must be >= 1")
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+        if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device)):
             raise InputError(f"params.yaml: extract.device={self.device!r} must be auto, cpu, cuda or cuda:N")
 
     def resolve_layers(self, n_teacher_layers: int) -> list[int]:

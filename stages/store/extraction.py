@@ -12,6 +12,7 @@ import hashlib
 import importlib.metadata
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -115,12 +116,50 @@ def cloze_tokens(teacher: Teacher, split: Split, prompt: PromptConfig, config: E
     return cloze
 
 
-def run(setup: ExtractSetup, split: Split, teacher_dir: Path, out: Path) -> None:
-    """Compute and write the whole store for one split (resuming `<out>.partial` when it matches)."""
+def human(n_bytes: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n_bytes < 1000 or unit == "GB":
+            return f"{n_bytes:.3g} {unit}"
+        n_bytes /= 1000
+    raise AssertionError("unreachable")
+
+
+def check_disk(out: Path, layout: StoreLayout) -> None:
+    """Stop before extracting when the store cannot fit in the free space where it goes (less what a partial store
+    being resumed already holds)."""
+    partial = partial_path(out)
+    written = sum(f.stat().st_size for f in partial.rglob("*") if f.is_file()) if partial.exists() else 0
+    needed = layout.expected_bytes() - written
+    free = shutil.disk_usage(next(p for p in (out.parent, *out.parents) if p.exists())).free
+    if needed > free:
+        raise InputError(
+            f"{out}: the store needs about {human(needed)} ({layout.n_examples} examples x {layout.n_layers} "
+            f"layers x {layout.d_model} d_model, {layout.dtype}) but {human(free)} are free there; free space, "
+            "store fewer layers (extract.layers) or use extract.dtype: float16"
+        )
+
+
+def check_device(device: str) -> None:
+    """`extract.device` names a device this machine has (torch would assert deep inside otherwise)."""
+    import torch
+
+    if not device.startswith("cuda"):
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device.partition(":")[2] or 0)
+    if index >= count:
+        built = "this torch has no CUDA support" if torch.version.cuda is None else f"{count} CUDA device(s) visible"
+        raise InputError(f"params.yaml: extract.device={device} but {built}; use extract.device: auto or cpu")
+
+
+def run(setup: ExtractSetup, split: Split, teacher_dir: Path, out: Path, fitted: dict | None = None) -> None:
+    """Compute and write the whole store for one split (resuming `<out>.partial` when it matches); `fitted` (what
+    prepare's prompt.on_too_long did to the split) goes into the store's attributes as `prompt_fit`."""
     import torch
     from accelerate import PartialState
 
     config, prompt = setup.extract, setup.prompt
+    check_device(config.device)
     # Without cpu=True accelerate ignores torchrun's environment on a machine without GPUs.
     state = PartialState(cpu=config.device == "cpu" or not torch.cuda.is_available())
     if state.num_processes != int(os.environ.get("WORLD_SIZE", 1)):
@@ -135,6 +174,7 @@ def run(setup: ExtractSetup, split: Split, teacher_dir: Path, out: Path) -> None
                          cloze is not None)  # fmt: skip
     determining = determining_values(split, teacher, prompt, config)
     store_fingerprint = fingerprint(determining)
+    check_disk(out, layout)
     group, done = open_store(out, layout, store_fingerprint, state)
     mine = [s for s in range(layout.n_shards) if s % state.num_processes == state.process_index and s not in done]
     n_todo = sum(layout.shard_range(s)[1] - layout.shard_range(s)[0] for s in mine)
@@ -142,7 +182,8 @@ def run(setup: ExtractSetup, split: Split, teacher_dir: Path, out: Path) -> None
     write_shards(teacher, tokens, cloze, split, group, layout, mine, config, progress)
     state.wait_for_everyone()
     if state.is_main_process:
-        attributes = store_attributes(determining, split, teacher, prompt, config, store_fingerprint)
+        attributes = {**store_attributes(determining, split, teacher, prompt, config, store_fingerprint),
+                      "prompt_fit": fitted}  # fmt: skip
         finalize(partial_path(out), out, attributes)
         log.info("wrote %s", out)
     state.wait_for_everyone()

@@ -2,31 +2,41 @@
 confusion.csv.
 
 The folder is built in a temporary sibling and renamed into place when complete (main process only), so DVC
-never sees half an arm.
+never sees half an arm. An arm whose inputs this configuration cannot have (`Unavailable`) gets its folder all the
+same, saying so (stages/student/unavailable.py).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from typing import Any
 
 from stages.core.atomic import atomic_path
+from stages.core.errors import Unavailable
 from stages.core.predictions import write_predictions
 from stages.student.config import TrainPaths, TrainSetup
 from stages.student.evaluation import final_metrics, write_plots
 from stages.student.loop import train_steps
 from stages.student.model import save_student
 from stages.student.setup import Run, prepare_run
+from stages.student.unavailable import unavailable_metrics, write_unavailable
 
 
-def run_arm(setup: TrainSetup, paths: TrainPaths) -> dict[str, float]:
+def run_arm(setup: TrainSetup, paths: TrainPaths) -> dict[str, Any]:
     """Train the arm and write `paths.out` atomically (main process only); returns its final metrics.
 
     Under a launcher every process returns the main process's metrics, once the arm folder is in place.
     """
     from accelerate.utils import broadcast_object_list
 
-    run = prepare_run(setup, paths)
+    try:
+        run = prepare_run(setup, paths)
+    except Unavailable as error:  # every process reads the same inputs, so all of them get here
+        if int(os.environ.get("RANK", "0")) == 0:  # no process group yet: the launcher's rank says who writes
+            return write_unavailable(setup, paths, str(error))
+        return unavailable_metrics(str(error))
     metrics = None
     if not run.accelerator.is_main_process:
         train_steps(run, setup, live=None)

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from stages.core.errors import InputError
+from stages.core.errors import InputError, Unavailable
 from stages.core.launch import LAUNCHER_ENV
 from stages.core.layers import resolve_layer
 from stages.sources.prompts import check_prompts_fit
@@ -147,5 +147,7 @@ def hint_layer(model: Any, hld: HLDConfig | None) -> int | None:
     """The student hidden-state layer the HLD projection reads (None without HLD)."""
     if hld is None:
         return None
+    if getattr(model.config, "num_hidden_layers", None) is None:
+        raise Unavailable(f"distill.hld needs the student's hidden states, but {type(model).__name__} exposes none")
     n_layers = model.config.num_hidden_layers + 1  # the embedding output counts
     return resolve_layer(hld.student_layer, n_layers, "distill.hld.student_layer", whose="the student")

@@ -16,7 +16,8 @@ from stages.report.summary import accuracy_rows, flatten
 N_TEST = 200
 TEACHER = {"teacher_letter": 0.55, "teacher_cloze": 0.65, "teacher_cloze_norm": 0.6, "probe": 0.8}
 ARMS = {"gold": 0.5, "logit_kd": 0.55, "cloze_kd": 0.6, "probe_kd": 0.75, "hld": 0.5, "oracle": 0.9}
-QUALITY = {"probe": {"acc": 0.8, "ece": 0.05}, "teacher": {"acc": 0.6, "ece": 0.2}, "cloze": {"available": False}}
+QUALITY = {"probe": {"acc": 0.8, "nll": 0.5, "ece": 0.05}, "teacher": {"acc": 0.6, "nll": 0.9, "ece": 0.2},
+           "cloze": {"available": False}}  # fmt: skip
 
 
 def picks(answers: np.ndarray, accuracy: float, rng: np.random.Generator) -> np.ndarray:
@@ -104,17 +105,24 @@ def test_no_pgr_when_the_oracle_does_not_beat_gold(tmp_path: Path, caplog):
     assert "gold_pgr" not in summary and "does not beat gold" in caplog.text
 
 
-def test_the_bar_chart_and_the_files(tmp_path: Path):
+def test_the_files_headline_details_and_bar_charts(tmp_path: Path):
     summary = summarize(write_project(tmp_path))
-    assert json.loads((tmp_path / "data/summary/metrics.json").read_text()) == summary
+    assert json.loads((tmp_path / "data/summary/details.json").read_text()) == summary
+    metrics = json.loads((tmp_path / "data/summary/metrics.json").read_text())
+    assert metrics == {key: summary[key] for key in metrics}  # the headline: a subset, under the same names
+    assert set(metrics) == {f"{arm}_test_acc" for arm in ARMS} | {
+        "teacher_letter_test_acc", "teacher_cloze_test_acc", "probe_test_acc", "probe_layer", "probe_kd_pgr",
+        "diff_probe_kd_minus_logit_kd", "labels_probe_acc", "labels_teacher_acc"}  # fmt: skip
     rows = (tmp_path / "data/summary/accuracy.csv").read_text().splitlines()
-    assert rows[0] == "model,test_acc" and rows[1] == "gold,0.5" and rows[-1] == "teacher_cloze_norm,0.6"
+    assert rows[0] == "model,test_acc,ci_low,ci_high" and rows[1].startswith("gold,0.5,")
     assert [row.split(",")[0] for row in rows[1:]] == [*ARMS, "probe", "teacher_letter", "teacher_cloze",
                                                        "teacher_cloze_norm"]  # fmt: skip
-    assert accuracy_rows({"hld_test_acc": 0.4, "probe_test_acc": 0.6}, ["gold", "hld"]) == [
-        ("hld", 0.4),
-        ("probe", 0.6),
-    ]
+    low, high = (float(value) for value in rows[1].split(",")[2:])
+    assert low < 0.5 < high
+    summary_rows = {"hld_test_acc": 0.4, "hld_test_acc_ci_low": 0.3, "hld_test_acc_ci_high": 0.5}
+    assert accuracy_rows(summary_rows, ["gold", "hld"]) == [("hld", 0.4, 0.3, 0.5)]
+    labels = (tmp_path / "data/summary/labels.csv").read_text().splitlines()
+    assert labels[0] == "source,acc,nll,ece" and [row.split(",")[0] for row in labels[1:]] == ["teacher", "probe"]
 
 
 def test_other_test_questions_are_refused(tmp_path: Path):

@@ -299,3 +299,56 @@ def test_builtin_rows_come_from_the_task_config_and_seed():
     assert [e["question"] for e in loaded.splits["val"]] == [e["question"] for e in expected["val"]]
     other_seed = load_dataset_splits("builtin", None, "error", task, builtin_seed=6)
     assert [e["question"] for e in other_seed.splits["val"]] != [e["question"] for e in expected["val"]]
+
+
+# ------------------------------------------------------------------ bad files and rows that used to end in a traceback
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("on_invalid", ["error", "skip"])
+def test_a_file_that_is_not_utf8_is_one_line_naming_file_and_line(tmp_path, on_invalid):
+    file = tmp_path / "latin1.jsonl"
+    row = {"id": "a", "question": "Which is café?", "choices": ["x", "y"], "answer": 0}
+    file.write_bytes(b'{"id": "z", "question": "Q?", "choices": ["x", "y"], "answer": 1}\n'
+                     + json.dumps(row, ensure_ascii=False).encode("latin-1") + b"\n")  # fmt: skip
+    with pytest.raises(InputError, match=(
+        rf"^{file} line 2: not UTF-8 \(byte 0xe9 at offset \d+\); re-save the file as UTF-8 \(e.g. `iconv -f latin1"
+    )):  # fmt: skip
+        load_dataset_splits(str(file), None, on_invalid)  # a file-level error, whatever on_invalid says
+    mmlu = tmp_path / "mmlu" / "test"
+    mmlu.mkdir(parents=True)
+    (mmlu / "history_test.csv").write_bytes("Qu'est-ce?,a,b,c,d,A\n".encode("cp1252").replace(b"'", b"\x92"))
+    with pytest.raises(InputError, match=r"history_test.csv line 1: not UTF-8 \(byte 0x92"):
+        load_dataset_splits("mmlu", str(tmp_path / "mmlu"), on_invalid)
+
+
+def test_a_hub_dataset_offline_says_to_use_data_path(monkeypatch):
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'allenai/ai2_arc' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(InputError, match=(
+        r"^data.dataset=arc_easy: could not load allenai/ai2_arc:ARC-Easy from the Hugging Face hub \(ConnectionError: "
+        r"Couldn't reach .*\); offline, download it once and point data.path at the local copy under data/raw/$"
+    )):  # fmt: skip
+        load_dataset_splits("arc_easy", None, "error")
+
+
+def test_an_empty_option_is_a_bad_row_and_duplicate_options_are_named(tmp_path, caplog):
+    rows = [{"id": f"q{i}", "question": f"Q{i}?", "choices": ["x", "y", "z"], "answer": 0} for i in range(4)]
+    rows[1]["choices"] = ["x", " ", "z"]
+    file = write_jsonl(tmp_path / "rows.jsonl", rows)
+    with pytest.raises(InputError, match=rf"^{file} line 2: option B is empty \(no text to choose or to score\)"):
+        load_dataset_splits(str(file), None, "error")
+    assert sum(len(v) for v in load_dataset_splits(str(file), None, "skip").splits.values()) == 3
+    rows[1]["choices"] = ["x", "y", "x "]
+    caplog.set_level(logging.WARNING, logger="stages.sources.rows")
+    loaded = load_dataset_splits(str(write_jsonl(file, rows)), None, "error")
+    assert sum(len(v) for v in loaded.splits.values()) == 4  # kept, but named
+    assert f"{file} line 2: options A and C have the same text 'x': the readouts cannot tell them apart" in caplog.text

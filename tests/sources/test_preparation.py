@@ -19,9 +19,9 @@ from stages.sources.preparation import (
     PrepareConfig,
     PreparePaths,
     PrepareSetup,
+    check_tracked,
     read_prepare_setup,
     run,
-    warn_if_not_a_dep,
 )
 from stages.sources.schema import SPLITS, read_split
 from tests.two_processes import assert_same_bytes_in_two_processes
@@ -38,6 +38,8 @@ def params_yaml() -> dict:
 
 
 def prepare(config: PrepareConfig, seed: int, out: Path, task: TaskConfig | None = None) -> dict[str, int]:
+    """`prepare` on test files that lie outside data/raw/ (allowed here: data.allow_untracked)."""
+    config = dataclasses.replace(config, allow_untracked=True)
     return run(PrepareSetup(config, seed, task), PreparePaths(raw=RAW, out=out))
 
 
@@ -211,34 +213,38 @@ def not_a_dep_warnings(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if "will not rerun `prepare` under `dvc repro`" in r.getMessage()]
 
 
-def test_local_data_outside_data_raw_warns_that_dvc_repro_will_not_see_it(tmp_path, monkeypatch, caplog):
+def test_local_data_outside_data_raw_is_an_error_unless_allowed(tmp_path, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)  # stands for the repo root, where dvc runs the stage
     (tmp_path / "data" / "raw").mkdir(parents=True)
     for folder in (tmp_path, tmp_path / "data" / "raw"):
         shutil.copy(DATA / "canonical" / "examples.jsonl", folder)
     outside = tmp_path / "examples.jsonl"
     sizes = {"labeled": 3, "transfer": 4, "val": 2, "test": 2}
+    paths = PreparePaths(raw=RAW, out=tmp_path / "out")
+    with pytest.raises(InputError, match=(
+        rf"^data\.dataset={outside} is outside data/raw/, the only local data `prepare` depends on in dvc\.yaml, so "
+        rf"`dvc repro` would not notice edits to it: copy it there \(`cp -r {outside} data/raw/`\) and set "
+        r"data\.dataset=data/raw/examples\.jsonl, or set data\.allow_untracked: true$"
+    )):  # fmt: skip
+        run(PrepareSetup(PrepareConfig(dataset=str(outside), **sizes), 0, None), paths)
+    assert not (tmp_path / "out").exists()
     caplog.set_level(logging.WARNING, logger="stages.sources.preparation")
-    prepare(PrepareConfig(dataset=str(outside), **sizes), 0, tmp_path / "out")
+    prepare(PrepareConfig(dataset=str(outside), **sizes), 0, tmp_path / "out")  # allow_untracked: a warning
     [message] = not_a_dep_warnings(caplog)
-    assert message.startswith(f"data.dataset={outside} is outside data/raw/") and "move or copy it under" in message
+    assert message.startswith(f"data.dataset={outside} is outside data/raw/") and "allow_untracked: true" in message
     caplog.clear()
     for inside in ("data/raw/examples.jsonl", str(tmp_path / "data" / "raw" / "examples.jsonl")):
-        prepare(PrepareConfig(dataset=inside, **sizes), 0, tmp_path / "out")
-    warn_if_not_a_dep(PrepareConfig(dataset="mmlu", path="data/raw/mmlu"), RAW)
-    warn_if_not_a_dep(PrepareConfig(dataset="arc_easy"), RAW)  # the hub: nothing local
-    warn_if_not_a_dep(PrepareConfig(dataset="builtin"), RAW)
+        run(PrepareSetup(PrepareConfig(dataset=inside, **sizes), 0, None), paths)
+    check_tracked(PrepareConfig(dataset="mmlu", path="data/raw/mmlu"), RAW)
+    check_tracked(PrepareConfig(dataset="arc_easy"), RAW)  # the hub: nothing local
+    check_tracked(PrepareConfig(dataset="builtin"), RAW)
     assert not_a_dep_warnings(caplog) == []
-    warn_if_not_a_dep(PrepareConfig(dataset="mmlu", path="data/raw/../mmlu"), RAW)
-    [message] = not_a_dep_warnings(caplog)
-    assert message.startswith("data.path=data/raw/../mmlu is outside data/raw/")
+    with pytest.raises(InputError, match=r"^data\.path=data/raw/\.\./mmlu is outside data/raw/"):
+        check_tracked(PrepareConfig(dataset="mmlu", path="data/raw/../mmlu"), RAW)
 
 
-def test_the_raw_folder_is_the_one_given(tmp_path, monkeypatch, caplog):
+def test_the_raw_folder_is_the_one_given(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    caplog.set_level(logging.WARNING, logger="stages.sources.preparation")
-    warn_if_not_a_dep(PrepareConfig(dataset="mmlu", path="local/mmlu"), Path("local"))
-    assert not_a_dep_warnings(caplog) == []
-    warn_if_not_a_dep(PrepareConfig(dataset="mmlu", path="local/mmlu"), RAW)
-    [message] = not_a_dep_warnings(caplog)
-    assert message.startswith("data.path=local/mmlu is outside data/raw/")
+    check_tracked(PrepareConfig(dataset="mmlu", path="local/mmlu"), Path("local"))
+    with pytest.raises(InputError, match=r"^data\.path=local/mmlu is outside data/raw/.*set data\.path=data/raw/mmlu"):
+        check_tracked(PrepareConfig(dataset="mmlu", path="local/mmlu"), RAW)

@@ -41,8 +41,13 @@ def test_prompt_config_from_params_mapping():
         "template": "Q: {question}\n{options}\nA:",
         "option_format": "({letter}) {text}",
         "cloze_template": "{question}",
+        "on_too_long": "truncate",
     }
     assert build(PromptConfig, values, "prompt") == PromptConfig(**values)
+    with pytest.raises(
+        InputError, match=r"^params\.yaml: prompt\.on_too_long='cut' must be one of error, skip, truncate$"
+    ):
+        build(PromptConfig, {**values, "on_too_long": "cut"}, "prompt")
     with pytest.raises(InputError, match=r"^params\.yaml: prompt\.option_format is missing"):
         build(PromptConfig, {"template": values["template"]}, "prompt")
     with pytest.raises(InputError, match=r"^params\.yaml: prompt\.cloze_template is missing \(The cloze readout"):
