@@ -11,7 +11,7 @@ import pytest
 from stages.__main__ import STAGES
 
 PACKAGE = Path(__file__).resolve().parents[1] / "stages"
-LAYERS = ["core", "sources", "modeling", "store", "probing", "student", "report"]  # README order
+LAYERS = ["core", "sources", "modeling", "store", "probing", "student", "pretraining", "report"]  # README order
 MAX_MODULE_LINES = 250
 
 
