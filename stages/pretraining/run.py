@@ -199,9 +199,9 @@ def loop(
         if live is None:
             continue
         live.step = step + 1
-        live.log_metric("train/loss", float(loss))
+        live.log_metric("train/loss", float(loss.detach()))
         for name, value in terms.items():
-            live.log_metric(f"train/{name}", float(value))
+            live.log_metric(f"train/{name}", float(value.detach()))
         live.log_metric("train/flops", per_step * (step + 1))
         if (step + 1) % config.eval_every == 0 or step + 1 == steps:
             value = float(log_perplexity(accelerator.unwrap_model(model), val, EVAL_BATCH)[0])

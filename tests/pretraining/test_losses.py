@@ -24,7 +24,9 @@ def test_topk_kd_with_k_the_vocabulary_equals_the_full_kl(temperature):
     torch.manual_seed(0)
     student, teacher = torch.randn(3, 7, 50) * 3, torch.randn(3, 7, 50) * 3
     logprobs, ids = torch.log_softmax(teacher, dim=-1).topk(50, dim=-1)
-    assert torch.allclose(topk_kd(student, logprobs, ids, temperature), full_kd(student, teacher, temperature), atol=1e-5)
+    assert torch.allclose(
+        topk_kd(student, logprobs, ids, temperature), full_kd(student, teacher, temperature), atol=1e-5
+    )
 
 
 def test_topk_kd_is_zero_when_the_student_matches_and_positive_otherwise():

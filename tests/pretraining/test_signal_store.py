@@ -45,7 +45,10 @@ def test_cached_signal_equals_a_plain_forward(teacher_dir, corpus_dir, tmp_path)
     mass = values.exp().sum(-1).mean().item()
     assert attrs["mean_kept_mass"] == pytest.approx(mass, rel=1e-4) and 0 < mass < 1
     assert attrs["teacher_params"] == sum(p.numel() for p in model.parameters())
-    assert SignalStore(tmp_path / "signal.zarr").attrs["complete"] is True and not partial_path(tmp_path / "signal.zarr").exists()
+    assert (
+        SignalStore(tmp_path / "signal.zarr").attrs["complete"] is True
+        and not partial_path(tmp_path / "signal.zarr").exists()
+    )
 
 
 def test_online_store_holds_no_arrays(teacher_dir, corpus_dir, tmp_path):
