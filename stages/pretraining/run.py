@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +54,27 @@ def open_signal(setup: ArmSetup, signal_path: Path, teacher_dir: Path, n_train: 
     return Signal(arrays, None, int(attrs["teacher_params"]), int(attrs["d_teacher"]))
 
 
-def run_arm(setup: ArmSetup, corpus: Path, signal_path: Path, teacher_dir: Path, out: Path) -> dict[str, Any]:
-    """Train the arm on the corpus and write `out`; returns its training summary."""
-    from accelerate.utils import broadcast_object_list, set_seed
+@dataclass
+class ArmRun:
+    """Everything the loop needs, placed by accelerate."""
+
+    setup: ArmSetup
+    accelerator: Any
+    model: Any
+    projection: Any
+    optimizer: Any
+    scheduler: Any
+    train: np.ndarray  # (n_train, seq_len) token ids
+    val: np.ndarray  # (n_val, seq_len)
+    signal: Signal
+    tokenizer: Any
+    context: dict[str, Any]  # steps, parameter counts, tokens per step: recorded in training.json
+
+
+def prepare_arm(setup: ArmSetup, corpus: Path, signal_path: Path, teacher_dir: Path) -> ArmRun:
+    """The seeded student (and projection), its inputs, accelerate, AdamW with warm-up and cosine decay."""
+    from accelerate.utils import set_seed
+    from transformers import get_cosine_schedule_with_warmup
 
     from stages.modeling.loading import ModelRef, load_tokenizer
 
@@ -73,11 +91,8 @@ def run_arm(setup: ArmSetup, corpus: Path, signal_path: Path, teacher_dir: Path,
     modules = [model] if projection is None else [model, projection]
     parameters = [p for module in modules for p in module.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=setup.train.lr, weight_decay=setup.train.weight_decay)
-    from transformers import get_cosine_schedule_with_warmup
-
     scheduler = get_cosine_schedule_with_warmup(optimizer, round(setup.train.warmup_fraction * steps), steps)
     *placed, optimizer, scheduler = accelerator.prepare(*modules, optimizer, scheduler)
-    model, projection = placed[0], (placed[1] if projection is not None else None)
     context = {
         "steps": steps,
         "student_params": student_params,
@@ -87,36 +102,33 @@ def run_arm(setup: ArmSetup, corpus: Path, signal_path: Path, teacher_dir: Path,
         "online": signal.teacher is not None,
         "corpus": description["config"],
     }
+    projection = placed[1] if projection is not None else None
+    return ArmRun(
+        setup, accelerator, placed[0], projection, optimizer, scheduler, train, val, signal, tokenizer, context
+    )
+
+
+def run_arm(setup: ArmSetup, corpus: Path, signal_path: Path, teacher_dir: Path, out: Path) -> dict[str, Any]:
+    """Train the arm on the corpus and write `out` (main process); returns its training summary."""
+    from accelerate.utils import broadcast_object_list
+
+    run = prepare_arm(setup, corpus, signal_path, teacher_dir)
     summary = None
-    if accelerator.is_main_process:
+    if run.accelerator.is_main_process:
         with atomic_path(out, directory=True) as folder:
-            summary = train_and_write(
-                setup,
-                accelerator,
-                model,
-                projection,
-                optimizer,
-                scheduler,
-                train,
-                val,
-                signal,
-                context,
-                tokenizer,
-                folder,
-            )
+            summary = train_and_write(run, folder)
     else:
-        loop(setup, accelerator, model, projection, optimizer, scheduler, train, val, signal, context, None)
+        loop(run, None)
     return broadcast_object_list([summary])[0]
 
 
-def train_and_write(
-    setup, accelerator, model, projection, optimizer, scheduler, train, val, signal, context, tokenizer, folder: Path
-) -> dict[str, Any]:
+def train_and_write(run: ArmRun, folder: Path) -> dict[str, Any]:
     from dvclive import Live
 
+    setup = run.setup
     # No timestamps in the curves (log_metric adds them only when asked): the same run gives the same bytes.
     live = Live(dir=str(folder / "live"), save_dvc_exp=False, dvcyaml=False)
-    curve = loop(setup, accelerator, model, projection, optimizer, scheduler, train, val, signal, context, live)
+    curve = loop(run, live)
     live.log_plot(
         "val_logppl",
         curve,
@@ -128,9 +140,9 @@ def train_and_write(
         y_label="log-perplexity",
     )
     live.end()
-    student = accelerator.unwrap_model(model)
+    student = run.accelerator.unwrap_model(run.model)
     student.save_pretrained(folder / "model", safe_serialization=True)
-    tokenizer.save_pretrained(folder / "model")
+    run.tokenizer.save_pretrained(folder / "model")
     described = {
         "arm": setup.arm,
         "seed": setup.seed,
@@ -142,33 +154,23 @@ def train_and_write(
     (folder / "model" / "training.json").write_text(json.dumps(described, indent=2, sort_keys=True) + "\n")
     last = curve[-1]
     summary = {
-        **context,
+        **run.context,
         "train_tokens": last["tokens"],
         "train_flops": last["flops"],
         "val_logppl": last["val_logppl"],
     }
     (folder / "training.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     log.info(
-        "%s: %d steps, %.3g FLOPs, val log-ppl %.4f", setup.arm, context["steps"], last["flops"], last["val_logppl"]
+        "%s: %d steps, %.3g FLOPs, val log-ppl %.4f", setup.arm, summary["steps"], last["flops"], last["val_logppl"]
     )
     return summary
 
 
-def loop(
-    setup,
-    accelerator,
-    model,
-    projection,
-    optimizer,
-    scheduler,
-    train: np.ndarray,
-    val: np.ndarray,
-    signal,
-    context,
-    live,
-) -> list[dict[str, float]]:
-    """The optimiser steps; `live` (main process only) gets every term, the FLOPs, and the val curve it returns."""
-    steps, config = context["steps"], setup.train
+def loop(run: ArmRun, live: Any, steps: int | None = None) -> list[dict[str, float]]:
+    """The optimiser steps (all, or the first `steps`); `live` (main process only, else None) gets every term,
+    the FLOPs, and the val curve it returns."""
+    setup, context, accelerator = run.setup, run.context, run.accelerator
+    config, total = setup.train, context["steps"]
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     layer = hint_layer(setup)  # None without HLD
     temperature = setup.kd.temperature if setup.kd else 1.0
@@ -178,24 +180,24 @@ def loop(
         context["tokens_per_step"],
         setup.uses_teacher,
     )
-    order = batch_order(len(train), config.batch_size, setup.seed)
+    order = batch_order(len(run.train), config.batch_size, setup.seed)
+    parameters = [p for module in (run.model, run.projection) if module is not None for p in module.parameters()]
     curve: list[dict[str, float]] = []
-    model.train()
-    for step in tqdm(range(steps), desc=f"pretrain {setup.arm}", mininterval=2.0, disable=live is None):
+    run.model.train()
+    for step in tqdm(
+        range(total if steps is None else steps), desc=f"pretrain {setup.arm}", mininterval=2.0, disable=live is None
+    ):
         rows = next(order)[rank::world]
-        ids = torch.from_numpy(train[rows].astype(np.int64)).to(device)
-        weights = arm_weights(setup.arm, setup.kd, setup.hld, step, steps)
-        batch_signal = signal.batch(rows, ids, device) if setup.uses_teacher else None
+        ids = torch.from_numpy(run.train[rows].astype(np.int64)).to(device)
+        weights = arm_weights(setup.arm, setup.kd, setup.hld, step, total)
+        batch_signal = run.signal.batch(rows, ids, device) if setup.uses_teacher else None
         with accelerator.autocast():
-            loss, terms = step_loss(model, projection, ids, batch_signal, weights, temperature, layer)
+            loss, terms = step_loss(run.model, run.projection, ids, batch_signal, weights, temperature, layer)
         accelerator.backward(loss)
-        accelerator.clip_grad_norm_(
-            model.parameters() if projection is None else [*model.parameters(), *projection.parameters()],
-            config.max_grad_norm,
-        )
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
+        accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad()
         if live is None:
             continue
         live.step = step + 1
@@ -203,15 +205,15 @@ def loop(
         for name, value in terms.items():
             live.log_metric(f"train/{name}", float(value.detach()))
         live.log_metric("train/flops", per_step * (step + 1))
-        if (step + 1) % config.eval_every == 0 or step + 1 == steps:
-            value = float(log_perplexity(accelerator.unwrap_model(model), val, EVAL_BATCH)[0])
-            live.log_metric("val/logppl", value)
+        if (step + 1) % config.eval_every == 0 or step + 1 == total:
+            logppl = float(log_perplexity(accelerator.unwrap_model(run.model), run.val, EVAL_BATCH)[0])
+            live.log_metric("val/logppl", logppl)
             curve.append(
                 {
                     "step": step + 1,
                     "tokens": context["tokens_per_step"] * (step + 1),
                     "flops": per_step * (step + 1),
-                    "val_logppl": value,
+                    "val_logppl": logppl,
                 }
             )
         live.next_step()

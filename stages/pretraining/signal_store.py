@@ -147,7 +147,7 @@ class SignalStore:
         self.group = zarr.open_group(str(path), mode="r")
         if not self.group.attrs.get(COMPLETE, False):
             raise InputError(f"{path}: teacher signal is unfinished (interrupted); rerun teacher_signal")
-        self.attrs = dict(self.group.attrs)
+        self.attrs: dict[str, Any] = dict(self.group.attrs)
         self.path = path
 
     @property
@@ -156,4 +156,5 @@ class SignalStore:
 
     def load(self) -> dict[str, np.ndarray]:
         """Every array in memory (the builtin corpus's is a few MB; a large one: use online or a bigger machine)."""
-        return {name: np.asarray(self.group[name][:]) for name in ("topk_logprobs", "topk_ids", "hidden")}
+        arrays: Any = self.group  # zarr's Group stubs type its items as groups; these are arrays
+        return {name: np.asarray(arrays[name][:]) for name in ("topk_logprobs", "topk_ids", "hidden")}
