@@ -35,8 +35,12 @@ def test_repro_writes_the_summary_and_the_curves(repo):
         assert [point["tokens"] for point in curve] == [2 * 8 * 32, 4 * 8 * 32]
     # budget: tokens, so every arm saw the same tokens and the distilling arms pay the teacher's forward too
     assert metrics["kd_train_flops"] > metrics["nll_train_flops"]
-    plots = dvc_json("plots", "show", cwd=repo)
-    assert any("against tokens" in name for name in plots) and any("against FLOPs" in name for name in plots)
+    shown = dvc_json("plots", "show", cwd=repo)
+    plots, errors = shown["data"], {error["name"] for error in shown.get("errors") or []}
+    for x in ("tokens", "FLOPs"):
+        name = f"pre-training, validation log-perplexity against {x}"
+        assert name in plots and name not in errors, (list(plots), errors)
+    assert not {name for name in errors if "pretrain" in name}, errors
     ran = {"extract", "probe", "label", "train", "summarize"} & {p.name for p in (repo / "data").iterdir()}
     assert not ran  # the first pipeline's stages after prepare and models@teacher did not run
 
