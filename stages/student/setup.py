@@ -85,7 +85,6 @@ def mixed_precision(config: TrainConfig) -> str:
     return resolve_precision(config.mixed_precision)
 
 
-
 def make_accelerator(config: TrainConfig, hld: HLDConfig | None) -> Any:
     """The Accelerator, checked against the launcher and the batch size."""
     from accelerate import Accelerator
