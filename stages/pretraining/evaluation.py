@@ -17,7 +17,7 @@ from stages.core.errors import InputError
 from stages.core.metrics import masked_softmax
 from stages.pretraining.config import PretrainEvalConfig
 from stages.pretraining.corpus import read_corpus
-from stages.pretraining.trainer import log_perplexity
+from stages.pretraining.trainer import position_nll
 from stages.sources.prompts import PromptConfig
 from stages.sources.schema import read_split
 
@@ -50,8 +50,14 @@ def evaluate_arm(
     model = AutoModelForCausalLM.from_pretrained(student / "model", dtype=torch.float32, use_safetensors=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(student / "model")  # the teacher's, saved with the student
     _, val, _ = read_corpus(corpus)
-    buckets = log_perplexity(model, val, config.batch_size, config.position_buckets)
-    overall = float(log_perplexity(model, val, config.batch_size)[0])
+    if config.position_buckets > val.shape[1] - 1:
+        raise InputError(
+            f"params.yaml: pretrain.eval.position_buckets={config.position_buckets} is more than the "
+            f"{val.shape[1] - 1} predicted positions of a sequence"
+        )
+    per_position = position_nll(model, val, config.batch_size)
+    buckets = [float(bucket.mean()) for bucket in np.array_split(per_position, config.position_buckets)]
+    overall = float(per_position.mean())
     correct = downstream(model, tokenizer, test_path, prompt, config.batch_size)
     result = {
         "arm": arm,

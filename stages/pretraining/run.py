@@ -206,7 +206,7 @@ def loop(run: ArmRun, live: Any, steps: int | None = None) -> list[dict[str, flo
             live.log_metric(f"train/{name}", float(value.detach()))
         live.log_metric("train/flops", per_step * (step + 1))
         if (step + 1) % config.eval_every == 0 or step + 1 == total:
-            logppl = float(log_perplexity(accelerator.unwrap_model(run.model), run.val, EVAL_BATCH)[0])
+            logppl = log_perplexity(accelerator.unwrap_model(run.model), run.val, EVAL_BATCH)
             live.log_metric("val/logppl", logppl)
             curve.append(
                 {

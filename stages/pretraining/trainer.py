@@ -112,9 +112,8 @@ def make_accelerator(setup: ArmSetup) -> Any:
 
 
 @torch.no_grad()
-def log_perplexity(model: Any, sequences: np.ndarray, batch_size: int, n_buckets: int = 1) -> np.ndarray:
-    """(n_buckets,) mean next-token NLL (natural log) over `sequences`, per equal bucket of predicted positions,
-    pooled over tokens; the overall log-perplexity is `log_perplexity(...)[0]` with one bucket."""
+def position_nll(model: Any, sequences: np.ndarray, batch_size: int) -> np.ndarray:
+    """(seq_len - 1,) mean next-token NLL (natural log) at each predicted position, over `sequences`."""
     was_training, device = model.training, next(model.parameters()).device
     model.eval()
     sums = torch.zeros(sequences.shape[1] - 1, dtype=torch.float64)
@@ -124,8 +123,12 @@ def log_perplexity(model: Any, sequences: np.ndarray, batch_size: int, n_buckets
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
         sums += nll.sum(dim=0).double().cpu()
     model.train(was_training)
-    buckets = np.array_split(sums.numpy() / len(sequences), n_buckets)
-    return np.array([bucket.mean() for bucket in buckets])
+    return sums.numpy() / len(sequences)
+
+
+def log_perplexity(model: Any, sequences: np.ndarray, batch_size: int) -> float:
+    """Mean next-token NLL over every predicted token of `sequences` (each position counts equally: equal lengths)."""
+    return float(position_nll(model, sequences, batch_size).mean())
 
 
 def step_loss(
