@@ -6,6 +6,8 @@ arm and of each arm's paired difference to NLL. `dvc exp run pretrain_summary -S
 `python benchmarks/seed_summary.py --study ...` gives the same numbers through DVC.
 
     python benchmarks/study_seeds.py --teacher data/models/teacher --test data/prepared/test.parquet --seeds 0 1 2
+    # or one process per seed (`--out s0.json` ...), then the table over all of them:
+    python benchmarks/study_seeds.py --combine s0.json s1.json s2.json
 """
 
 from __future__ import annotations
@@ -25,15 +27,22 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--teacher", type=Path, required=True, help="a models@teacher folder")
-    parser.add_argument("--test", type=Path, required=True, help="prepared multiple-choice test split (parquet)")
+    parser.add_argument("--teacher", type=Path, help="a models@teacher folder")
+    parser.add_argument("--test", type=Path, help="prepared multiple-choice test split (parquet)")
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--arms", nargs="+", default=["nll", "kd", "hldc", "hldf"])
     parser.add_argument("--out", type=Path, help="write every seed's summary here (json)")
+    parser.add_argument("--combine", type=Path, nargs="+", help="only print the table over these --out files")
     args = parser.parse_args()
-
-    from seed_summary import t_interval
+    if args.combine:
+        results = {
+            int(seed): summary for path in args.combine for seed, summary in json.loads(path.read_text()).items()
+        }
+        print_table(results, args.arms)
+        return
+    if args.teacher is None or args.test is None:
+        parser.error("--teacher and --test are required (or --combine)")
 
     from stages.core.config import build
     from stages.core.params import read_yaml, section
@@ -70,8 +79,15 @@ def main() -> None:
             print(f"seed {seed} ({time.perf_counter() - start:.0f} s): val log-ppl {line}", flush=True)
     if args.out:
         args.out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    keys = [f"{arm}_{metric}" for metric in ("val_logppl", "downstream_acc", "train_flops") for arm in args.arms]
-    keys += [f"{arm}_minus_nll_val_logppl" for arm in args.arms if arm != "nll"]
+    print_table(results, args.arms)
+
+
+def print_table(results: dict[int, dict[str, float]], arms: list[str]) -> None:
+    """Mean, sd, 95% t-interval over seeds of each arm's metrics and of its paired difference to NLL."""
+    from seed_summary import t_interval
+
+    keys = [f"{arm}_{metric}" for metric in ("val_logppl", "downstream_acc", "train_flops") for arm in arms]
+    keys += [f"{arm}_minus_nll_val_logppl" for arm in arms if arm != "nll"]
     print(f"\n{len(results)} seeds: {sorted(results)}\n")
     print("| metric | mean | sd | 95% t-interval | min | max |\n|---|---|---|---|---|---|")
     for key in keys:
