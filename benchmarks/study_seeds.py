@@ -36,10 +36,8 @@ def main() -> None:
     parser.add_argument("--combine", type=Path, nargs="+", help="only print the table over these --out files")
     args = parser.parse_args()
     if args.combine:
-        results = {
-            int(seed): summary for path in args.combine for seed, summary in json.loads(path.read_text()).items()
-        }
-        print_table(results, args.arms)
+        loaded = [json.loads(path.read_text()) for path in args.combine]
+        print_table({int(seed): summary for seeds in loaded for seed, summary in seeds.items()}, args.arms)
         return
     if args.teacher is None or args.test is None:
         parser.error("--teacher and --test are required (or --combine)")
