@@ -1,12 +1,15 @@
 """`corpus`: documents from a source, tokenised with the teacher's tokenizer, packed into fixed-length sequences.
 
 One packing rule for every source: documents come in a seeded order; each is encoded (no special tokens) and
-followed by the EOS token; the validation stream is filled first, then the training stream, each cut into
-`seq_len`-token sequences (a document that crosses a cut continues in the next sequence of its stream). So the
-held-out documents never enter training, and the corpus is a pure function of (source, tokenizer, seed).
+followed by the EOS token; the validation sequences are filled first, then the training ones, so the held-out
+documents never enter training, and the corpus is a pure function of (source, tokenizer, seed). `packing: concat`
+cuts the stream of documents into `seq_len`-token sequences (a document crossing a cut continues in the next
+sequence); `packing: document` puts one document in each sequence (cut at `seq_len` if longer) and pads it with
+EOS: its `lengths` mark where the padding starts.
 
-Written to `data/pretrain/corpus/`: `train.npy` and `val.npy`, (n_sequences, seq_len) int32 token ids, and
-`corpus.json` describing them (source, tokenizer, counts, seed), renamed into place together.
+Written to `data/pretrain/corpus/`: `train.npy` and `val.npy`, (n_sequences, seq_len) int32 token ids,
+`train_lengths.npy` and `val_lengths.npy`, (n_sequences,) int32 real tokens per sequence (seq_len everywhere under
+concat), and `corpus.json` describing them (source, tokenizer, counts, seed), renamed into place together.
 """
 
 from __future__ import annotations
@@ -104,33 +107,58 @@ def documents(config: CorpusConfig, builtin: tuple[TaskConfig, int, CorpusMix] |
     return local_documents(Path(config.source), config.text_field, config.seed)
 
 
-def pack(texts: Iterator[str], tokenizer: Any, seq_len: int, counts: tuple[int, int]) -> tuple[np.ndarray, ...]:
-    """(val, train) int32 arrays of (counts[i], seq_len) packed sequences, filled in that order from `texts`."""
+def pack(
+    texts: Iterator[str], tokenizer: Any, seq_len: int, counts: tuple[int, int], packing: str = "concat"
+) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """((ids, lengths) of val, (ids, lengths) of train): (counts[i], seq_len) int32 ids and (counts[i],) int32 real
+    tokens per sequence, filled in that order from `texts`."""
     eos = tokenizer.eos_token_id
     if eos is None:
         raise InputError("the teacher's tokenizer has no EOS token to separate packed documents")
-    streams: list[np.ndarray] = []
+    documents = (np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"] + [eos], np.int64) for text in texts)
+
+    def first() -> np.ndarray:
+        document = next(documents, None)
+        if document is None:
+            raise InputError(
+                f"the corpus ran out of documents; it needs {sum(counts) * seq_len} tokens (lower "
+                "pretrain.corpus.train_tokens or val_tokens, or add text)"
+            )
+        return document
+
+    splits = []
     for n_sequences in counts:
-        need, pieces, have = n_sequences * seq_len, [], 0
-        while have < need:
-            text = next(texts, None)
-            if text is None:
-                raise InputError(
-                    f"the corpus ran out of documents after {sum(len(s) for s in streams) + have} tokens; it needs "
-                    f"{sum(counts) * seq_len} (lower pretrain.corpus.train_tokens or val_tokens, or add text)"
-                )
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [eos]
-            pieces.append(np.asarray(ids, dtype=np.int64))
-            have += len(ids)
-        stream = np.concatenate(pieces)[:need]  # the rest of the last document is dropped, never reused
-        streams.append(stream.astype(np.int32).reshape(n_sequences, seq_len))
-    return tuple(streams)
+        ids = np.full((n_sequences, seq_len), eos, dtype=np.int32)
+        lengths = np.full(n_sequences, seq_len, dtype=np.int32)
+        if packing == "concat":
+            stream, have = [], 0
+            while have < n_sequences * seq_len:
+                stream.append(first())
+                have += len(stream[-1])
+            ids[:] = np.concatenate(stream)[: n_sequences * seq_len].reshape(n_sequences, seq_len)
+        else:
+            for row in range(n_sequences):
+                document = first()[:seq_len]  # a longer document is cut
+                ids[row, : len(document)], lengths[row] = document, len(document)
+        splits.append((ids, lengths))
+    return tuple(splits)
 
 
-def write_corpus(out: Path, train: np.ndarray, val: np.ndarray, description: dict[str, Any]) -> None:
+def write_corpus(
+    out: Path,
+    train: np.ndarray,
+    val: np.ndarray,
+    description: dict[str, Any],
+    lengths: tuple[np.ndarray, np.ndarray] | None = None,
+) -> None:
+    """The corpus folder, renamed into place whole; `lengths` (train, val) default to full sequences."""
+    if lengths is None:
+        lengths = (np.full(len(train), train.shape[1], np.int32), np.full(len(val), val.shape[1], np.int32))
     with atomic_path(out, directory=True) as folder:
         np.save(folder / "train.npy", train)
         np.save(folder / "val.npy", val)
+        np.save(folder / "train_lengths.npy", lengths[0])
+        np.save(folder / "val_lengths.npy", lengths[1])
         (folder / DESCRIPTION).write_text(json.dumps(description, indent=2, sort_keys=True) + "\n")
 
 
@@ -141,7 +169,9 @@ def run(config: CorpusConfig, builtin: tuple[TaskConfig, int, CorpusMix] | None,
     ref = ModelRef.read(teacher_dir)
     tokenizer = load_tokenizer(ref, teacher_dir)
     n_train, n_val = config.train_tokens // config.seq_len, config.val_tokens // config.seq_len
-    val, train = pack(documents(config, builtin), tokenizer, config.seq_len, (n_val, n_train))
+    (val, val_lengths), (train, train_lengths) = pack(
+        documents(config, builtin), tokenizer, config.seq_len, (n_val, n_train), config.packing
+    )
     vocabulary = len(tokenizer)
     description = {
         "config": asdict(config),
@@ -151,12 +181,12 @@ def run(config: CorpusConfig, builtin: tuple[TaskConfig, int, CorpusMix] | None,
         "n_train": n_train,
         "n_val": n_val,
         "seq_len": config.seq_len,
-        "train_tokens": int(train.size),
-        "val_tokens": int(val.size),
+        "train_tokens": int(train_lengths.sum()),
+        "val_tokens": int(val_lengths.sum()),
     }
     if train.size and int(train.max()) >= vocabulary:
         raise InputError(f"token id {int(train.max())} is outside the teacher's vocabulary of {vocabulary}")
-    write_corpus(out, train, val, description)
+    write_corpus(out, train, val, description, (train_lengths, val_lengths))
     log.info("corpus: %d train and %d val sequences of %d tokens", n_train, n_val, config.seq_len)
     return description
 
@@ -167,3 +197,8 @@ def read_corpus(folder: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         raise InputError(f"{folder}: corpus not found (run `dvc repro corpus` first)")
     description = json.loads((folder / DESCRIPTION).read_text())
     return np.load(folder / "train.npy"), np.load(folder / "val.npy"), description
+
+
+def read_lengths(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) real tokens per sequence: positions from there on are padding."""
+    return np.load(folder / "train_lengths.npy"), np.load(folder / "val_lengths.npy")

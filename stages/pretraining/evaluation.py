@@ -16,7 +16,7 @@ from stages.core.atomic import write_text_atomic
 from stages.core.errors import InputError
 from stages.core.metrics import masked_softmax
 from stages.pretraining.config import PretrainEvalConfig
-from stages.pretraining.corpus import read_corpus
+from stages.pretraining.corpus import read_corpus, read_lengths
 from stages.pretraining.trainer import position_nll
 from stages.sources.prompts import PromptConfig
 from stages.sources.schema import read_split
@@ -50,14 +50,17 @@ def evaluate_arm(
     model = AutoModelForCausalLM.from_pretrained(student / "model", dtype=torch.float32, use_safetensors=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(student / "model")  # the teacher's, saved with the student
     _, val, _ = read_corpus(corpus)
+    _, lengths = read_lengths(corpus)
     if config.position_buckets > val.shape[1] - 1:
         raise InputError(
             f"params.yaml: pretrain.eval.position_buckets={config.position_buckets} is more than the "
             f"{val.shape[1] - 1} predicted positions of a sequence"
         )
-    per_position = position_nll(model, val, config.batch_size)
-    buckets = [float(bucket.mean()) for bucket in np.array_split(per_position, config.position_buckets)]
-    overall = float(per_position.mean())
+    sums, counts = position_nll(model, val, config.batch_size, lengths)
+    n_buckets = config.position_buckets
+    pairs = zip(np.array_split(sums, n_buckets), np.array_split(counts, n_buckets), strict=True)
+    buckets = [float(s.sum() / c.sum()) if c.sum() else float("nan") for s, c in pairs]  # pooled over tokens
+    overall = float(sums.sum() / counts.sum())
     correct = downstream(model, tokenizer, test_path, prompt, config.batch_size)
     result = {
         "arm": arm,

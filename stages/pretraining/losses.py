@@ -22,13 +22,26 @@ from stages.pretraining.config import PretrainHLDConfig, PretrainKDConfig
 from stages.student.losses import normalized_mse
 
 
-def next_token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """Mean NLL of tokens 1.. given the ones before; logits (batch, seq, vocab), input_ids (batch, seq)."""
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), input_ids[:, 1:].flatten())
+def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of `values` over the True entries of `mask` (every entry without one)."""
+    if mask is None:
+        return values.mean()
+    return (values * mask).sum() / mask.sum().clamp_min(1)
+
+
+def next_token_nll(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean NLL of tokens 1.. given the ones before; logits (batch, seq, vocab), input_ids (batch, seq); `mask`
+    (batch, seq): whether position p's prediction of token p + 1 counts (its last column is never read)."""
+    nll = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), input_ids[:, 1:], reduction="none")
+    return masked_mean(nll, None if mask is None else mask[:, :-1])
 
 
 def topk_kd(
-    logits: torch.Tensor, topk_logprobs: torch.Tensor, topk_ids: torch.Tensor, temperature: float
+    logits: torch.Tensor,
+    topk_logprobs: torch.Tensor,
+    topk_ids: torch.Tensor,
+    temperature: float,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """T^2 x mean over positions of KL(teacher top-k at T, renormalised || student at T).
 
@@ -37,7 +50,7 @@ def topk_kd(
     target_log = torch.log_softmax(topk_logprobs.float() / temperature, dim=-1)  # renormalised over the k ids
     student_log = torch.log_softmax(logits.float() / temperature, dim=-1).gather(-1, topk_ids.long())
     per_position = (target_log.exp() * (target_log - student_log)).sum(dim=-1)  # (batch, seq)
-    return temperature**2 * per_position.mean()
+    return temperature**2 * masked_mean(per_position, mask)
 
 
 @dataclass(frozen=True)
@@ -74,21 +87,24 @@ def arm_loss(
     temperature: float = 1.0,
     topk: tuple[torch.Tensor, torch.Tensor] | None = None,
     hidden_pair: tuple[torch.Tensor, torch.Tensor] | None = None,
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(weighted sum, {term: unweighted value}); `topk` = (log-probs, ids), `hidden_pair` = (W h_student, h_teacher),
-    both (batch, seq, ...)."""
+    both (batch, seq, ...); `mask` (batch, seq): the positions whose predictions (and hidden states) count, those whose
+    next token is not padding (None: every position for KD and HLD, all but the last for NLL)."""
     terms: dict[str, torch.Tensor] = {}
     if weights.nll:
-        terms["nll"] = next_token_nll(logits, input_ids)
+        terms["nll"] = next_token_nll(logits, input_ids, mask)
     if weights.kd:
         if topk is None:
             raise ValueError("the KD term needs the teacher's top-k")
-        terms["kd"] = topk_kd(logits, *topk, temperature)
+        terms["kd"] = topk_kd(logits, *topk, temperature, mask)
     if weights.hld:
         if hidden_pair is None:
             raise ValueError("the HLD term needs projected student and teacher hidden states")
         projected, teacher = hidden_pair
-        terms["hld"] = normalized_mse(projected.flatten(0, 1), teacher.flatten(0, 1))
+        keep = slice(None) if mask is None else mask.flatten()  # padding positions are not matched
+        terms["hld"] = normalized_mse(projected.flatten(0, 1)[keep], teacher.flatten(0, 1)[keep])
     total = sum((getattr(weights, name) * value for name, value in terms.items()), logits.new_zeros(()).float())
     return total, terms
 

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from stages.core.atomic import atomic_path
 from stages.core.errors import InputError
 from stages.pretraining.config import ArmSetup
-from stages.pretraining.corpus import read_corpus
+from stages.pretraining.corpus import read_corpus, read_lengths
 from stages.pretraining.losses import arm_weights, step_flops
 from stages.pretraining.signal import load_signal_teacher
 from stages.pretraining.signal_store import SignalStore
@@ -31,6 +31,7 @@ from stages.pretraining.trainer import (
     hint_layer,
     log_perplexity,
     make_accelerator,
+    prediction_mask,
     step_loss,
 )
 
@@ -66,6 +67,7 @@ class ArmRun:
     scheduler: Any
     train: np.ndarray  # (n_train, seq_len) token ids
     val: np.ndarray  # (n_val, seq_len)
+    lengths: tuple[np.ndarray, np.ndarray]  # (n_train,), (n_val,) real tokens per sequence (the rest is padding)
     signal: Signal
     tokenizer: Any
     context: dict[str, Any]  # steps, parameter counts, tokens per step: recorded in training.json
@@ -80,6 +82,7 @@ def prepare_arm(setup: ArmSetup, corpus: Path, signal_path: Path, teacher_dir: P
 
     set_seed(setup.seed)
     train, val, description = read_corpus(corpus)
+    lengths = read_lengths(corpus)
     tokenizer = load_tokenizer(ModelRef.read(teacher_dir), teacher_dir)
     signal = open_signal(setup, signal_path, teacher_dir, len(train))
     model, projection = build_student(setup, tokenizer, signal.d_teacher)
@@ -104,7 +107,7 @@ def prepare_arm(setup: ArmSetup, corpus: Path, signal_path: Path, teacher_dir: P
     }
     projection = placed[1] if projection is not None else None
     return ArmRun(
-        setup, accelerator, placed[0], projection, optimizer, scheduler, train, val, signal, tokenizer, context
+        setup, accelerator, placed[0], projection, optimizer, scheduler, train, val, lengths, signal, tokenizer, context
     )
 
 
@@ -192,7 +195,8 @@ def loop(run: ArmRun, live: Any, steps: int | None = None) -> list[dict[str, flo
         weights = arm_weights(setup.arm, setup.kd, setup.hld, step, total)
         batch_signal = run.signal.batch(rows, ids, device) if setup.uses_teacher else None
         with accelerator.autocast():
-            loss, terms = step_loss(run.model, run.projection, ids, batch_signal, weights, temperature, layer)
+            mask = prediction_mask(run.lengths[0][rows], ids.shape[1]).to(device)
+            loss, terms = step_loss(run.model, run.projection, ids, batch_signal, weights, temperature, layer, mask)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
         run.optimizer.step()
@@ -206,7 +210,7 @@ def loop(run: ArmRun, live: Any, steps: int | None = None) -> list[dict[str, flo
             live.log_metric(f"train/{name}", float(value.detach()))
         live.log_metric("train/flops", per_step * (step + 1))
         if (step + 1) % config.eval_every == 0 or step + 1 == total:
-            logppl = log_perplexity(accelerator.unwrap_model(run.model), run.val, EVAL_BATCH)
+            logppl = log_perplexity(accelerator.unwrap_model(run.model), run.val, EVAL_BATCH, run.lengths[1])
             live.log_metric("val/logppl", logppl)
             curve.append(
                 {

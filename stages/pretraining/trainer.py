@@ -111,24 +111,37 @@ def make_accelerator(setup: ArmSetup) -> Any:
     return accelerator
 
 
+def prediction_mask(lengths: np.ndarray, seq_len: int) -> torch.Tensor:
+    """(batch, seq_len) bool: position p counts when the token it predicts, p + 1, is not padding."""
+    return torch.arange(seq_len)[None, :] + 1 < torch.from_numpy(lengths.astype(np.int64))[:, None]
+
+
 @torch.no_grad()
-def position_nll(model: Any, sequences: np.ndarray, batch_size: int) -> np.ndarray:
-    """(seq_len - 1,) mean next-token NLL (natural log) at each predicted position, over `sequences`."""
+def position_nll(
+    model: Any, sequences: np.ndarray, batch_size: int, lengths: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """((seq_len - 1,) summed next-token NLL (natural log) at each predicted position, (seq_len - 1,) how many
+    sequences it sums over: those whose token there is not padding (`lengths`: real tokens; None: no padding))."""
     was_training, device = model.training, next(model.parameters()).device
     model.eval()
-    sums = torch.zeros(sequences.shape[1] - 1, dtype=torch.float64)
+    seq_len = sequences.shape[1]
+    lengths = np.full(len(sequences), seq_len) if lengths is None else lengths
+    sums, counts = torch.zeros(seq_len - 1, dtype=torch.float64), torch.zeros(seq_len - 1, dtype=torch.float64)
     for start in range(0, len(sequences), batch_size):
         ids = torch.from_numpy(sequences[start : start + batch_size].astype(np.int64)).to(device)
         logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()  # (batch, seq - 1, vocab)
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
-        sums += nll.sum(dim=0).double().cpu()
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none").double().cpu()
+        mask = prediction_mask(lengths[start : start + batch_size], seq_len)[:, :-1]
+        sums += (nll * mask).sum(dim=0)
+        counts += mask.sum(dim=0)
     model.train(was_training)
-    return sums.numpy() / len(sequences)
+    return sums.numpy(), counts.numpy()
 
 
-def log_perplexity(model: Any, sequences: np.ndarray, batch_size: int) -> float:
-    """Mean next-token NLL over every predicted token of `sequences` (each position counts equally: equal lengths)."""
-    return float(position_nll(model, sequences, batch_size).mean())
+def log_perplexity(model: Any, sequences: np.ndarray, batch_size: int, lengths: np.ndarray | None = None) -> float:
+    """Mean next-token NLL over every predicted token of `sequences` that is not padding, pooled over tokens."""
+    sums, counts = position_nll(model, sequences, batch_size, lengths)
+    return float(sums.sum() / counts.sum())
 
 
 def step_loss(
@@ -139,6 +152,7 @@ def step_loss(
     weights: ArmWeights,
     temperature: float,
     layer: int | None,
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One process's loss on its share of the batch."""
     wants_hidden = bool(weights.hld)
@@ -148,4 +162,4 @@ def step_loss(
     if wants_hidden:
         assert signal is not None and layer is not None
         pair = (projection(output.hidden_states[layer]), signal["hidden"])
-    return arm_loss(weights, output.logits, ids, temperature, topk, pair)
+    return arm_loss(weights, output.logits, ids, temperature, topk, pair, mask)

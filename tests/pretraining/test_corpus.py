@@ -24,8 +24,8 @@ def tokenizer(teacher_dir):
 
 def test_packing_joins_documents_with_eos_and_cuts_whole_sequences(tokenizer):
     texts = iter(["apple stone", "river", "fox dog sky", "brown cloud", "apple"] * 10)
-    val, train = pack(texts, tokenizer, 4, (1, 3))
-    assert val.shape == (1, 4) and train.shape == (3, 4) and train.dtype == np.int32
+    (val, val_lengths), (train, _) = pack(texts, tokenizer, 4, (1, 3))
+    assert val.shape == (1, 4) and train.shape == (3, 4) and train.dtype == np.int32 and val_lengths.tolist() == [4]
     first = tokenizer("apple stone", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     assert val.ravel().tolist()[: min(4, len(first))] == first[:4]
     assert tokenizer.eos_token_id in np.concatenate([val.ravel(), train.ravel()])
@@ -34,11 +34,28 @@ def test_packing_joins_documents_with_eos_and_cuts_whole_sequences(tokenizer):
 def test_validation_documents_are_not_in_training(tokenizer):
     """Documents are distinct numbers; the val stream's documents never appear among the training ones."""
     texts = [f"document {i} ends here" for i in range(200)]
-    val, train = pack(iter(texts), tokenizer, 8, (5, 20))
+    (val, _), (train, _) = pack(iter(texts), tokenizer, 8, (5, 20))
     decode = lambda rows: tokenizer.decode(rows.ravel().tolist())  # noqa: E731
     val_docs = {d.strip() for d in decode(val).split(tokenizer.eos_token) if d.strip()}
     train_docs = {d.strip() for d in decode(train).split(tokenizer.eos_token)[1:-1] if d.strip()}
     assert val_docs and train_docs and not val_docs & train_docs
+
+
+@pytest.mark.parametrize("packing", ["document", "concat"])
+def test_document_packing_starts_every_sequence_at_a_document(tokenizer, packing):
+    texts = [f"doc {i} " + "word " * (i % 5) for i in range(100)]
+    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
+    (val, val_lengths), (train, lengths) = pack(iter(texts), tokenizer, 12, (3, 6), packing)
+    if packing == "concat":
+        assert (lengths == 12).all()
+        return
+    for ids, length, document in zip(train, lengths, encoded[3:], strict=False):  # val took the first 3 documents
+        assert 0 < length <= 12 and ids[:length].tolist() == document[:12]
+        assert (ids[length:] == tokenizer.eos_token_id).all()
+    decode = lambda rows, n: {tokenizer.decode(r[:k].tolist()) for r, k in zip(rows, n, strict=True)}  # noqa: E731
+    assert not {d for t in decode(val, val_lengths) for d in t.split(tokenizer.eos_token) if d} & {
+        d for t in decode(train, lengths) for d in t.split(tokenizer.eos_token) if d
+    }  # held-out documents never reach training
 
 
 def test_builtin_corpus_is_deterministic_from_its_seed():

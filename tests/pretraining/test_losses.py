@@ -83,3 +83,29 @@ def test_flop_rule_matches_torch_flop_counter_within_5_percent(size):
     assert forward_flops(params, ids.numel()) == pytest.approx(measured_forward, rel=0.05)
     assert step_flops(params, 0, ids.numel(), False) == pytest.approx(measured_training, rel=0.05)
     assert step_flops(params, 10, ids.numel(), True) == step_flops(params, 0, ids.numel(), False) + 2 * 10 * 256
+
+
+def test_padding_positions_do_not_count():
+    """Under document packing the positions whose next token is padding are masked out of NLL, KD and HLD."""
+    from stages.pretraining.trainer import prediction_mask
+
+    torch.manual_seed(3)
+    logits, ids = torch.randn(2, 6, 30), torch.randint(0, 30, (2, 6))
+    mask = prediction_mask(torch.tensor([4, 6]).numpy(), 6)
+    assert mask.tolist() == [[True, True, True, False, False, False], [True] * 5 + [False]]
+    topk = torch.log_softmax(torch.randn(2, 6, 30), dim=-1).topk(5, dim=-1)
+    pair = (torch.randn(2, 6, 8), torch.randn(2, 6, 8))
+    weights = ArmWeights(0.5, 0.5, 0.1)
+    _, terms = arm_loss(weights, logits, ids, 1.0, (topk.values, topk.indices), pair, mask)
+    changed = logits.clone()
+    changed[0, 3:] = torch.randn(3, 30) * 10  # positions predicting padding
+    ids_changed = ids.clone()
+    ids_changed[0, 4:] = 0  # the padding itself
+    moved = (pair[0].clone(), pair[1])
+    moved[0][0, 3:] = 100.0
+    _, again = arm_loss(weights, changed, ids_changed, 1.0, (topk.values, topk.indices), moved, mask)
+    for name in terms:
+        assert torch.isclose(terms[name], again[name]), name
+    expected = (F.cross_entropy(logits[0, :3], ids[0, 1:4], reduction="sum") + F.cross_entropy(
+        logits[1, :5], ids[1, 1:], reduction="sum")) / 8  # fmt: skip
+    assert torch.isclose(terms["nll"], expected)
