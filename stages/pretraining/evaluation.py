@@ -59,13 +59,14 @@ def evaluate_arm(
     sums, counts = position_nll(model, val, config.batch_size, lengths)
     n_buckets = config.position_buckets
     pairs = zip(np.array_split(sums, n_buckets), np.array_split(counts, n_buckets), strict=True)
-    buckets = [float(s.sum() / c.sum()) if c.sum() else float("nan") for s, c in pairs]  # pooled over tokens
+    # pooled over tokens; a bucket no document reaches (all padding) is left out, not written as NaN
+    buckets = {i: float(s.sum() / c.sum()) for i, (s, c) in enumerate(pairs) if c.sum()}
     overall = float(sums.sum() / counts.sum())
     correct = downstream(model, tokenizer, test_path, prompt, config.batch_size)
     result = {
         "arm": arm,
         "val_logppl": overall,
-        **{f"val_logppl_bucket{i}": float(value) for i, value in enumerate(buckets)},
+        **{f"val_logppl_bucket{i}": value for i, value in buckets.items()},
         "downstream_acc": float(correct.mean()) if len(correct) else float("nan"),
         "downstream_correct": correct.astype(int).tolist(),
         "train_flops": float(training["train_flops"]),
