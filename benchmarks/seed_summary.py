@@ -5,6 +5,7 @@ After a seed sweep (README, "Seeds"):
     dvc queue start -j 1                                   # one at a time on a CPU; wait for `dvc queue status`
     python benchmarks/seed_summary.py seed-0 seed-1 seed-2 seed-3 seed-4   # no names: every experiment
     python benchmarks/seed_summary.py --metrics '_test_acc$|_pgr$' --exp-json shown.json   # a saved `exp show`
+    python benchmarks/seed_summary.py --study pre-seed-0 pre-seed-1 pre-seed-2   # the pre-training study's summary
 Prints a markdown table: metric, n, mean, sd, the 95% t-interval of the mean, min and max. The interval treats the
 experiments as independent draws (one seed each): it is about the spread over seeds, not over test questions,
 which the per-run bootstrap intervals in data/summary/metrics.json describe.
@@ -23,6 +24,8 @@ from pathlib import Path
 
 SUMMARY = "data/summary/metrics.json"
 DEFAULT_METRICS = r"_test_acc$|_test_cloze_acc$|_pgr$|^diff_[a-z_]+$"
+STUDY_SUMMARY = "data/pretrain/summary/metrics.json"
+STUDY_METRICS = r"_val_logppl$|_downstream_acc$|_train_flops$"
 # Two-sided 95% quantiles of Student's t (0.975), df 1..30; beyond, a Cornish-Fisher expansion (error < 1e-4).
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045,
@@ -61,11 +64,13 @@ def records(node: object, in_experiments: bool = False) -> Iterator[tuple[str, b
             yield from records(value, in_experiments)
 
 
-def collect(exp_show: object, names: list[str], pattern: str) -> tuple[list[str], dict[str, list[float]]]:
+def collect(
+    exp_show: object, names: list[str], pattern: str, summary: str = SUMMARY
+) -> tuple[list[str], dict[str, list[float]]]:
     """(experiments used, metric -> one value per experiment) for the metrics every used experiment has."""
     chosen: dict[str, dict] = {}
     for name, is_experiment, data in records(exp_show):
-        metrics = (data.get("metrics") or {}).get(SUMMARY, {}).get("data")
+        metrics = (data.get("metrics") or {}).get(summary, {}).get("data")
         if metrics and ((name in names) if names else is_experiment):
             chosen.setdefault(name, metrics)
     missing = sorted(set(names) - set(chosen))
@@ -88,7 +93,8 @@ def table(values: dict[str, list[float]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiments", nargs="*", help="experiment names or revs (default: every experiment)")
-    parser.add_argument("--metrics", default=DEFAULT_METRICS, help=f"regex of metric names (default {DEFAULT_METRICS})")
+    parser.add_argument("--metrics", help=f"metric name regex (default {DEFAULT_METRICS}; --study: {STUDY_METRICS})")
+    parser.add_argument("--study", action="store_true", help=f"the pre-training study's summary ({STUDY_SUMMARY})")
     parser.add_argument("--exp-json", type=Path, help="read this saved `dvc exp show --json` instead of running it")
     args = parser.parse_args()
     if args.exp_json:
@@ -96,7 +102,8 @@ def main() -> None:
     else:
         done = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True, check=True)
         shown = json.loads(done.stdout)
-    used, values = collect(shown, args.experiments, args.metrics)
+    pattern = args.metrics or (STUDY_METRICS if args.study else DEFAULT_METRICS)
+    used, values = collect(shown, args.experiments, pattern, STUDY_SUMMARY if args.study else SUMMARY)
     if len(used) < 2:
         sys.exit(f"need at least two experiments with summary metrics; found {used or 'none'}")
     print(f"{len(used)} experiments: {', '.join(used)}\n")

@@ -30,6 +30,12 @@ STAGES: dict[str, tuple[str, str]] = {
     "label": ("stages.label", "Write probe, teacher-letter and teacher-cloze labels; their quality; every readout."),
     "train": ("stages.train", "Train one student arm (gold, logit_kd, cloze_kd, probe_kd, hld, oracle)."),
     "summarize": ("stages.summarize", "Every arm and teacher readout on test, with intervals, PGR and differences."),
+    # the pre-training study (a second pipeline in the same dvc.yaml)
+    "corpus": ("stages.corpus", "Pack the study's corpus into train/val sequences of the teacher's tokens."),
+    "teacher_signal": ("stages.teacher_signal", "Cache the teacher's top-k log-probs and hidden states over it."),
+    "pretrain": ("stages.pretrain", "Pre-train one student arm from scratch (nll, kd, hldc, hldf)."),
+    "pretrain_eval": ("stages.pretrain_eval", "One arm's held-out log-perplexity and zero-shot cloze accuracy."),
+    "pretrain_summary": ("stages.pretrain_summary", "Every arm's log-perplexity, downstream accuracy and FLOPs."),
 }
 
 

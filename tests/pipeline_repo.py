@@ -17,6 +17,14 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# The pre-training study at a few CPU seconds per stage (every `dvc repro` of these repos runs it too).
+PRETRAIN_TINY = {
+    "corpus": {"seq_len": 32, "train_tokens": 2048, "val_tokens": 256},
+    "signal": {"top_k": 8, "batch_size": 16, "shard_sequences": 16},
+    "student": {"d_model": 16, "n_layers": 2, "n_heads": 2},
+    "train": {"steps": 4, "batch_size": 8, "eval_every": 2},
+    "eval": {"batch_size": 16},
+}
 # Small enough for a few CPU minutes in all; every key must already exist in params.yaml.
 TINY = {
     "data": {"labeled": 24, "transfer": 48, "val": 24, "test": 32},
@@ -28,6 +36,7 @@ TINY = {
     "extract": {"batch_size": 16, "shard_examples": 16},
     "probe": {"folds": 3},
     "train": {"steps": 6, "batch_size": 8, "eval_every": 3},
+    "pretrain": PRETRAIN_TINY,
 }
 # The builtin story at a fraction of the default's cost: the default builtin teacher and student (the part that
 # takes minutes: they must learn the world for the story to show), smaller splits, a shorter student budget.
@@ -36,6 +45,7 @@ SMALL = {
     "data": {"labeled": 32, "transfer": 192, "val": 64, "test": 128},
     "extract": {"batch_size": 32, "shard_examples": 64},
     "train": {"steps": 120, "batch_size": 16, "eval_every": 60},
+    "pretrain": PRETRAIN_TINY,
 }
 
 

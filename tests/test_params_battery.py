@@ -89,6 +89,28 @@ def command(stage: str, tmp: Path) -> list[str]:
             "--student", tmp / "data/models/student",
             "--out", tmp / f"data/students/{instance}",
         ],
+        "corpus": [
+            "--raw", tmp / "data/raw", "--teacher", tmp / "data/models/teacher", "--out", tmp / "data/pretrain/corpus",
+        ],
+        "teacher_signal": [
+            "--corpus", tmp / "data/pretrain/corpus",
+            "--teacher", tmp / "data/models/teacher",
+            "--out", tmp / "data/pretrain/teacher_signal.zarr",
+        ],
+        "pretrain": [
+            instance,
+            "--corpus", tmp / "data/pretrain/corpus",
+            "--signal", tmp / "data/pretrain/teacher_signal.zarr",
+            "--teacher", tmp / "data/models/teacher",
+            "--out", tmp / f"data/pretrain/students/{instance}",
+        ],
+        "pretrain_eval": [
+            instance,
+            "--student", tmp / f"data/pretrain/students/{instance}",
+            "--corpus", tmp / "data/pretrain/corpus",
+            "--test", tmp / "data/prepared/test.parquet",
+            "--out", tmp / f"data/pretrain/eval/{instance}.json",
+        ],
     }[name]  # fmt: skip
     return [name, *map(str, paths)]
 
@@ -272,10 +294,40 @@ CASES = [
          "train.mixed_precision='fp8' must be one of auto, no, fp16, bf16", "train.mixed_precision"),
     Case("train-section-missing", "train", "train@gold", delete("train"),
          "section `train` is missing or not a mapping", "train"),
+    # the pre-training study
+    Case("pretrain.seed-out-of-range", "pretrain.seed", "pretrain@nll", set_("pretrain.seed", -1),
+         "pretrain.seed=-1 must be >= 0", "pretrain.seed"),
+    Case("pretrain.corpus-too-few-tokens", "pretrain.corpus", "corpus", set_("pretrain.corpus.train_tokens", 8),
+         "pretrain.corpus.train_tokens=8 must be >= seq_len=64", "pretrain.corpus.train_tokens"),
+    Case("pretrain.corpus-no-such-source", "pretrain.corpus", "corpus",
+         set_("pretrain.corpus.source", "data/raw/missing.jsonl"),
+         "pretrain.corpus.source=data/raw/missing.jsonl: no such file or folder", "pretrain.corpus.source"),
+    Case("pretrain.corpus-typo", "pretrain.corpus", "corpus", rename("pretrain.corpus.seq_len", "seqlen"),
+         "pretrain.corpus.seqlen is not a parameter; did you mean pretrain.corpus.seq_len?", "pretrain.corpus.seqlen"),
+    Case("pretrain.signal-choice", "pretrain.signal", "teacher_signal", set_("pretrain.signal.dtype", "int8"),
+         "pretrain.signal.dtype='int8' must be one of float16, float32", "pretrain.signal.dtype"),
+    Case("pretrain.signal-layer", "pretrain.signal", "teacher_signal", set_("pretrain.signal.layer", "top"),
+         "pretrain.signal.layer='top' must be middle or an integer", "pretrain.signal.layer"),
+    Case("pretrain.student-heads", "pretrain.student", "pretrain@kd", set_("pretrain.student.n_heads", 5),
+         "pretrain.student.d_model=48 must split into n_heads=5 heads", "pretrain.student.d_model"),
+    Case("pretrain.train-budget", "pretrain.train", "pretrain@nll", set_("pretrain.train.budget", "time"),
+         "pretrain.train.budget='time' must be one of tokens, flops", "pretrain.train.budget"),
+    Case("pretrain.train-missing", "pretrain.train", "pretrain@hldc", delete("pretrain.train.steps"),
+         "pretrain.train.steps is missing (Optimiser steps", "pretrain.train.steps"),
+    Case("pretrain.kd-out-of-range", "pretrain.kd", "pretrain@kd", set_("pretrain.kd.alpha", 2),
+         "pretrain.kd.alpha=2.0 must be in [0, 1]", "pretrain.kd.alpha"),
+    Case("pretrain.hld-out-of-range", "pretrain.hld", "pretrain@hldf", set_("pretrain.hld.hint_fraction", 1),
+         "pretrain.hld.hint_fraction=1.0 must be in [0, 1)", "pretrain.hld.hint_fraction"),
+    Case("pretrain.hld-gamma", "pretrain.hld", "pretrain@hldc", set_("pretrain.hld.gamma", "high"),
+         "pretrain.hld.gamma='high' must be a number", "pretrain.hld.gamma"),
+    Case("pretrain.eval-zero", "pretrain.eval", "pretrain_eval@kd", set_("pretrain.eval.position_buckets", 0),
+         "pretrain.eval.position_buckets=0 must be >= 1", "pretrain.eval.position_buckets"),
 ]  # fmt: skip
 SECTIONS = {
     "seed", "data", "builtin.seed", "builtin.task", "builtin.teacher", "builtin.student", "teacher", "student",
     "prompt", "extract", "probe", "probe.layer", "distill.arms", "distill.kd", "distill.hld", "train",
+    "pretrain.seed", "pretrain.corpus", "pretrain.signal", "pretrain.student", "pretrain.train", "pretrain.kd",
+    "pretrain.hld", "pretrain.eval",
 }  # fmt: skip
 
 
@@ -322,18 +374,29 @@ def project(tmp_path, monkeypatch):
 
     trainer.run_arm = run_arm  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "stages.student.run", trainer)
+    pretrainer = types.ModuleType("stages.pretraining.run")
+    pretrainer.run_arm = run_arm  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "stages.pretraining.run", pretrainer)
     return tmp_path
 
 
-@pytest.mark.parametrize("stage", ["extract@labeled", "probe", "label", "train@gold", "train@hld"])
+@pytest.mark.parametrize(
+    "stage", ["extract@labeled", "probe", "label", "train@gold", "train@hld", "pretrain@hldf", "teacher_signal"]
+)
 def test_the_unedited_params_pass_config_reading(project, stage):
     """Control: with the repo's own params.yaml the stage reads its config and goes on (to a missing input).
 
     prepare and models are left out: with valid params they need no input and would do the real work."""
     done = CliRunner().invoke(build_app(stage.partition("@")[0]), command(stage, project))
     assert "params.yaml" not in done.output, done.output
-    if stage.startswith("train"):
+    if stage.startswith(("train", "pretrain")):
         assert isinstance(done.exception, ReachedTraining)
+    elif stage == "teacher_signal":
+        assert done.exit_code == 2
+        assert (
+            done.stderr
+            == f"error: {project / 'data/pretrain/corpus'}: corpus not found (run `dvc repro corpus` first)\n"
+        )
     else:
         missing = project / "data/prepared/labeled.parquet"
         assert done.exit_code == 2

@@ -5,7 +5,7 @@ dvc.yaml always runs `python -m stages <stage> ...`. With `PROBEKD_LAUNCHER` set
     PROBEKD_LAUNCHER="accelerate launch --multi_gpu --num_processes 4" dvc repro
     PROBEKD_LAUNCHER="torchrun --nproc_per_node 2" dvc repro          # CPU (gloo) or GPUs
 
-a stage that supports data parallelism (`extract`, `train`) re-executes itself as
+a stage that supports data parallelism (`extract`, `train`, `pretrain`) re-executes itself as
 `<launcher> -m stages <stage> ...`. Environment variables are not stage dependencies, so the number of
 processes never makes a cached stage look changed; the stages guarantee that it cannot change results
 (extract: byte-identical stores; train: same metrics up to the global batch size, which is a param).
@@ -20,7 +20,7 @@ import subprocess
 import sys
 
 LAUNCHER_ENV = "PROBEKD_LAUNCHER"
-PARALLEL_STAGES = frozenset({"extract", "train"})
+PARALLEL_STAGES = frozenset({"extract", "train", "pretrain"})
 log = logging.getLogger(__name__)
 
 
@@ -43,3 +43,13 @@ def relaunch_if_requested(stage_args: list[str]) -> None:
     command = launch_command(stage_args, launcher)
     log.info("launching: %s", shlex.join(command))
     sys.exit(subprocess.call(command))
+
+
+def resolve_precision(setting: str) -> str:
+    """A mixed-precision setting (`train.mixed_precision`, `pretrain.train.mixed_precision`) with auto resolved:
+    bf16 where the GPU supports it, else no."""
+    if setting != "auto":
+        return setting
+    import torch
+
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"

@@ -95,15 +95,21 @@ def build_tokenizer(documents: list[str], vocab_size: int):
 
 
 def build_model(config: BuiltinModelConfig, tokenizer):
+    return new_llama(config.d_model, config.n_layers, config.n_heads, tokenizer)
+
+
+def new_llama(d_model: int, n_layers: int, n_heads: int, tokenizer):
+    """A freshly initialised Llama-style causal LM over `tokenizer`'s vocabulary (MLP width 2 x d_model, tied
+    embeddings): the builtin models' architecture, and the pre-training study's students."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     llama = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=config.d_model,
-        intermediate_size=2 * config.d_model,
-        num_hidden_layers=config.n_layers,
-        num_attention_heads=config.n_heads,
-        num_key_value_heads=config.n_heads,
+        hidden_size=d_model,
+        intermediate_size=2 * d_model,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_heads,
         max_position_embeddings=2048,  # rotary, no weights depend on it: room for long ARC/AQuA/MMLU prompts
         tie_word_embeddings=True,
         eos_token_id=tokenizer.eos_token_id,

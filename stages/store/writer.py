@@ -67,8 +67,11 @@ class StoreLayout:
         return self.n_examples * (self.n_layers * self.d_model * item + per_example)
 
 
-def open_partial(path: Path, layout: StoreLayout, print_: str) -> tuple[Any, set[int]]:
-    """(group, finished shard indices): resume a partial store with fingerprint `print_`, or create one."""
+def open_partial(path: Path, layout: Any, print_: str, create: Any = None) -> tuple[Any, set[int]]:
+    """(group, finished shard indices): resume a partial store with fingerprint `print_`, or create one.
+
+    `layout` needs `n_shards`; `create(path, layout, print_)` makes a fresh store (default: an extract store).
+    """
     if path.exists():
         try:
             group = zarr.open_group(str(path), mode="r+")
@@ -82,14 +85,28 @@ def open_partial(path: Path, layout: StoreLayout, print_: str) -> tuple[Any, set
             return group, done
         log.info("%s was made with other inputs or settings: starting fresh", path)
         shutil.rmtree(path)
-    group = create_store(path, layout, print_)
+    group = (create or create_store)(path, layout, print_)
     return group, set()
 
 
-def create_store(path: Path, layout: StoreLayout, print_: str) -> Any:
+def new_group(path: Path, print_: str, add_arrays: Any) -> Any:
+    """A fresh partial store at `path`: `add_arrays(group)` creates its arrays in a `.tmp` sibling, the
+    fingerprint is written, and the store appears under its name with both or not at all."""
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+    add_arrays(group)
+    group.attrs[FINGERPRINT] = print_
+    (tmp / DONE).mkdir()
+    os.replace(tmp, path)
+    return zarr.open_group(str(path), mode="r+")
+
+
+def create_store(path: Path, layout: StoreLayout, print_: str) -> Any:
+    return new_group(path, print_, lambda group: add_extract_arrays(group, layout))
+
+
+def add_extract_arrays(group: Any, layout: StoreLayout) -> None:
     group.create_array(
         HIDDEN,
         shape=(layout.n_examples, layout.n_layers, layout.d_model),
@@ -109,10 +126,6 @@ def create_store(path: Path, layout: StoreLayout, print_: str) -> Any:
             compressors=COMPRESSORS,
             fill_value=float("nan"),
         )
-    group.attrs[FINGERPRINT] = print_
-    (tmp / DONE).mkdir()
-    os.replace(tmp, path)  # the store appears with its fingerprint or not at all
-    return zarr.open_group(str(path), mode="r+")
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -133,8 +146,13 @@ def write_shard(
         group[OPTION_LOGITS][start:stop] = logits
     for name, values in (cloze or {}).items():
         group[name][start:stop] = values
+    mark_done(group, shard, (HIDDEN, OPTION_LOGITS, *CLOZE_ARRAYS))
+
+
+def mark_done(group: Any, shard: int, arrays: tuple[str, ...]) -> None:
+    """fsync shard `shard`'s chunk files of `arrays` (those the store has), then create its done marker."""
     root = Path(group.store.root)
-    for array in (HIDDEN, OPTION_LOGITS, *CLOZE_ARRAYS):
+    for array in arrays:
         if (root / array / "c" / str(shard)).exists():
             _fsync_tree(root / array / "c" / str(shard))
     (root / DONE / str(shard)).touch()

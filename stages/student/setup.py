@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from stages.core.errors import InputError, Unavailable
-from stages.core.launch import LAUNCHER_ENV
+from stages.core.launch import LAUNCHER_ENV, resolve_precision
 from stages.core.layers import resolve_layer
 from stages.sources.prompts import check_prompts_fit
 from stages.student.config import HLDConfig, TrainConfig, TrainPaths, TrainSetup
@@ -81,10 +81,8 @@ def load_student(paths: TrainPaths) -> tuple[Any, Any]:
 
 
 def mixed_precision(config: TrainConfig) -> str:
-    """`train.mixed_precision`, with auto resolved: bf16 where the GPU supports it, else no."""
-    if config.mixed_precision != "auto":
-        return config.mixed_precision
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    """`train.mixed_precision`, with auto resolved."""
+    return resolve_precision(config.mixed_precision)
 
 
 def make_accelerator(config: TrainConfig, hld: HLDConfig | None) -> Any:
