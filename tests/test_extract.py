@@ -353,5 +353,5 @@ def test_encoder_forward_stops_after_the_deepest_requested_block(encoder_dir):
     ran = []
     for index, block in enumerate(decoder_layers(model.base_model)):
         block.register_forward_hook(lambda *_, index=index: ran.append(index))
-    hidden, logits = LayerGatherer(model, [1], None)(batch)
+    hidden, logits, _ = LayerGatherer(model, [1], None)(batch)
     assert ran == [0] and hidden.shape == (2, 1, 32) and logits is None

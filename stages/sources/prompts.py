@@ -64,6 +64,21 @@ def format_prompt(question: str, choices: Sequence[str], config: PromptConfig = 
     return config.template.format(question=question, options=options)
 
 
+def option_line_ends(question: str, choices: Sequence[str], config: PromptConfig = PromptConfig()) -> list[int]:
+    """Character offset, in `format_prompt`'s text, just past each option's line (its last character + 1).
+
+    Found from the template itself (where `{options}` lands once `{question}` is filled), so any template works.
+    """
+    marker = "\x00options\x00"  # not in any real question: the text before it is the real prompt's
+    start = config.template.format(question=question, options=marker).index(marker)
+    ends, offset = [], start
+    for letter, text in zip(LETTERS, choices, strict=False):
+        offset += len(config.option_format.format(letter=letter, text=text))
+        ends.append(offset)
+        offset += 1  # the newline between option lines
+    return ends
+
+
 def check_prompts_fit(
     lengths: Sequence[int] | np.ndarray, example_ids: Sequence[str], model_config: object, role: str
 ) -> None:
