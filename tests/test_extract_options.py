@@ -10,23 +10,42 @@ import torch
 from stages.core.errors import InputError
 from stages.modeling.loading import load_model
 from stages.sources.prompts import PromptConfig, format_prompt, option_line_ends
-from stages.sources.schema import read_split
+from stages.sources.schema import read_split, write_split
 from stages.store.batches import collate, prefix_end, tokenize_prompts
 from stages.store.extract_config import ExtractConfig, ExtractSetup
 from stages.store.extraction import run as extract_split
 from stages.store.reader import OPTION_STATES, HiddenStore
-from tests.test_extract import N_EXAMPLES, causal_dir, encoder_dir, run, split_path  # noqa: F401 (fixtures)
+from tests.test_extract import N_EXAMPLES, make_rows, model_stage_dir, run
+from tests.tiny_models import make_tiny_causal_lm, make_tiny_encoder
 
-ODD_PROMPT = PromptConfig(template="Q: {question}\n\nOptions:\n{options}\n\nThe answer is", option_format="({letter}) {text};")
+ODD_PROMPT = PromptConfig(
+    template="Q: {question}\n\nOptions:\n{options}\n\nThe answer is", option_format="({letter}) {text};"
+)
+
+
+@pytest.fixture(scope="module")
+def causal_dir(tmp_path_factory):
+    return model_stage_dir(tmp_path_factory.mktemp("causal"), make_tiny_causal_lm)
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory):
+    return model_stage_dir(tmp_path_factory.mktemp("encoder"), make_tiny_encoder)
+
+
+@pytest.fixture(scope="module")
+def split_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "test.parquet"
+    write_split(make_rows(N_EXAMPLES), path)
+    return path
 
 
 def test_option_line_ends_point_past_each_option_line():
     for config in (PromptConfig(), ODD_PROMPT):
         prompt = format_prompt("Why?", ["a b", "cd", "e"], config)
         ends = option_line_ends("Why?", ["a b", "cd", "e"], config)
-        assert [prompt[:end].splitlines()[-1] for end in ends] == [
-            config.option_format.format(letter=letter, text=text) for letter, text in zip("ABC", ["a b", "cd", "e"])
-        ]
+        lines = [config.option_format.format(letter=x, text=t) for x, t in zip("ABC", ["a b", "cd", "e"], strict=True)]
+        assert [prompt[:end].splitlines()[-1] for end in ends] == lines
 
 
 def decoder_reference(model_dir, split, prompt: PromptConfig) -> list[np.ndarray]:
@@ -68,7 +87,8 @@ def test_option_positions_follow_any_template_and_slow_tokenizers_agree(causal_d
     for row, (prompt, row_ends) in enumerate(zip(prompts, ends, strict=True)):
         encoded = tokenizer(prompt)
         assert tokens.option_index[row, : len(row_ends)].tolist() == [encoded.char_to_token(e - 1) for e in row_ends]
-        assert [prefix_end(tokenizer, prompt[:e], "x") for e in row_ends] == tokens.option_index[row, : len(row_ends)].tolist()
+        by_prefix = [prefix_end(tokenizer, prompt[:e], "x") for e in row_ends]
+        assert by_prefix == tokens.option_index[row, : len(row_ends)].tolist()
         assert (tokens.option_index[row, len(row_ends) :] == -1).all()
 
 
