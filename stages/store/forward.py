@@ -36,6 +36,20 @@ def decoder_layers(backbone: Any) -> torch.nn.ModuleList:
     return candidates[0]
 
 
+def head_transform(config: Any, logits: torch.Tensor) -> torch.Tensor:
+    """What a causal LM does to its head's output before returning logits: Gemma 2/3's final soft-capping
+    (cap * tanh(logits / cap)), Cohere's `logit_scale`, Granite's `logits_scaling` (tests/test_architectures.py
+    checks the letter logits equal the model's own for every family it builds)."""
+    cap = getattr(config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    if getattr(config, "logit_scale", None) is not None and config.model_type.startswith("cohere"):
+        logits = logits * config.logit_scale
+    if getattr(config, "logits_scaling", None):
+        logits = logits / config.logits_scaling
+    return logits
+
+
 class LayerGatherer:
     """Runs batches through `model`: (batch, n_layers, d_model) float32 at the answer position, letter logits, and
     (batch, n_layers, n_slots, d_model) at the option positions when the batch has them."""
@@ -49,7 +63,9 @@ class LayerGatherer:
         self.n_blocks = self.backbone.config.num_hidden_layers
         self.blocks = decoder_layers(self.backbone)
         accepted = inspect.signature(self.backbone.forward).parameters
-        self.takes_position_ids = "position_ids" in accepted
+        # Encoders get right padding and their own position ids: a right-padded row's defaults are the unpadded
+        # row's, and some number positions their own way (RoBERTa from padding_idx + 1), so 0-based ids would be wrong.
+        self.takes_position_ids = "position_ids" in accepted and self.head is not None
         self.takes_use_cache = "use_cache" in accepted
         self.device = next(model.parameters()).device
         # Early stop only when nothing needs the last block (no LM head, last layer not requested).
@@ -133,7 +149,7 @@ class LayerGatherer:
             if self.head is not None:
                 head_device = self.head.weight.device
                 letter_ids = torch.tensor(self.letter_ids, device=head_device)
-                logits = self.head(last[:, 0].to(head_device))[:, letter_ids].float()  # (batch, n_letters)
+                logits = head_transform(self.model.config, self.head(last[:, 0].to(head_device))[:, letter_ids].float())
         gathered = torch.stack([self._gathered[layer].to(self.device) for layer in self.layers], dim=1)
         options = None  # (batch, n_layers, k, d_model) -> the option positions'
         if batch.option_position is not None:
