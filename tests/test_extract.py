@@ -298,6 +298,7 @@ def write_params(folder: Path, **extract) -> Path:
             "template": PROMPT.template,
             "option_format": PROMPT.option_format,
             "cloze_template": PROMPT.cloze_template,
+            "chat_template": False,
         },  # fmt: skip
         "extract": {**REPO_PARAMS["extract"], "batch_size": 4, "shard_examples": 4, "device": "cpu", **extract},
     }

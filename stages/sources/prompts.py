@@ -33,6 +33,9 @@ class PromptConfig:
     cloze_template: str = DEFAULT_CLOZE_TEMPLATE
     """The cloze readout's context: `{question}` without the options; each option's text, after a space, is scored
     as its continuation (lm-evaluation-harness style)."""
+    chat_template: bool = False
+    """Wrap the lettered prompt in each model's own chat template (a user turn, the assistant turn opened; the
+    answer is read at the assistant's first token): for instruct teachers and students."""
 
     def __post_init__(self) -> None:
         for field in ("{question}", "{options}"):
@@ -50,7 +53,8 @@ class PromptConfig:
     @property
     def digest(self) -> str:
         """Short hash of everything that changes the lettered prompt's text (recorded in artifacts)."""
-        payload = f"{self.template}\x00{self.option_format}".encode()
+        chat = "\x00chat" if self.chat_template else ""  # absent when off: digests of plain prompts as before
+        payload = f"{self.template}\x00{self.option_format}{chat}".encode()
         return hashlib.sha256(payload).hexdigest()[:16]
 
 

@@ -52,7 +52,7 @@ class Batch:
 
 def tokenize_prompts(
     tokenizer: Any, prompts: Sequence[str], example_ids: Sequence[str], chunk: int = 256,
-    option_ends: Sequence[Sequence[int]] | None = None,
+    option_ends: Sequence[Sequence[int]] | None = None, add_special_tokens: bool = True,
 ) -> TokenizedPrompts:  # fmt: skip
     """Every prompt's tokens and answer position; with `option_ends` (character offsets just past each option's
     line, `option_line_ends`), each option line's last token too."""
@@ -65,8 +65,8 @@ def tokenize_prompts(
     option_index = np.full((len(prompts), n_slots), -1, dtype=np.int64)
     for first in range(0, len(prompts), chunk):
         encoded = tokenizer(
-            list(prompts[first : first + chunk]), add_special_tokens=True, return_special_tokens_mask=True,
-            return_offsets_mapping=offsets,
+            list(prompts[first : first + chunk]), add_special_tokens=add_special_tokens,
+            return_special_tokens_mask=True, return_offsets_mapping=offsets,
         )  # fmt: skip
         for offset, (ids, special) in enumerate(zip(encoded["input_ids"], encoded["special_tokens_mask"], strict=True)):
             example = first + offset
@@ -83,14 +83,15 @@ def tokenize_prompts(
                 option_index[example, : len(ends)] = content[np.searchsorted(starts, ends, side="left") - 1]
             else:
                 option_index[example, : len(ends)] = [
-                    prefix_end(tokenizer, prompts[example][:end], example_ids[example]) for end in ends
+                    prefix_end(tokenizer, prompts[example][:end], example_ids[example], add_special_tokens)
+                    for end in ends
                 ]
     return TokenizedPrompts(input_ids, answer_index, option_index if option_ends is not None else None)
 
 
-def prefix_end(tokenizer: Any, prefix: str, example_id: str) -> int:
+def prefix_end(tokenizer: Any, prefix: str, example_id: str, add_special_tokens: bool = True) -> int:
     """Index of the last non-special token of `prefix` encoded alone (tokenizers without character offsets)."""
-    encoded = tokenizer(prefix, add_special_tokens=True, return_special_tokens_mask=True)
+    encoded = tokenizer(prefix, add_special_tokens=add_special_tokens, return_special_tokens_mask=True)
     content = np.flatnonzero(np.asarray(encoded["special_tokens_mask"]) == 0)
     if content.size == 0:
         raise InputError(f"example {example_id}: the text before an option's end tokenises to special tokens only")

@@ -18,6 +18,7 @@ from typing import Any
 from tqdm import tqdm
 
 from stages.core.errors import InputError
+from stages.modeling.chat import chat_prompts
 from stages.modeling.cloze import DELIMITER, RULE, ClozeTokens, tokenize_cloze
 from stages.sources.prompts import PromptConfig, check_prompts_fit, format_prompt, option_line_ends
 from stages.sources.schema import Split
@@ -130,6 +131,22 @@ def cloze_tokens(teacher: Teacher, split: Split, prompt: PromptConfig, config: E
     return cloze
 
 
+def teacher_prompts(
+    teacher: Teacher, split: Split, prompt: PromptConfig, config: ExtractConfig
+) -> tuple[list[str], list[list[int]] | None]:
+    """The split's prompt texts (in the teacher's chat template with prompt.chat_template) and, when the store keeps
+    per-option states from this pass, the character offset just past each option's line in them."""
+    prompts = [format_prompt(q, c, prompt) for q, c in zip(split.questions, split.choices, strict=True)]
+    ends = None
+    if option_rule(teacher, config) == OPTION_POSITION_RULE:
+        ends = [option_line_ends(q, c, prompt) for q, c in zip(split.questions, split.choices, strict=True)]
+    if prompt.chat_template:
+        prompts, offsets = chat_prompts(teacher.tokenizer, prompts, "teacher")
+        if ends is not None:
+            ends = [[offset + end for end in row] for row, offset in zip(ends, offsets, strict=True)]
+    return prompts, ends
+
+
 def option_pairs(teacher: Teacher, split: Split, config: ExtractConfig) -> PairTokens | None:
     """An encoder teacher's (question, option) pairs, checked against its positions; None for decoders."""
     if option_rule(teacher, config) in (None, OPTION_POSITION_RULE):
@@ -149,12 +166,10 @@ def run(setup: ExtractSetup, split: Split, teacher_dir: Path, out: Path) -> None
     state = PartialState(cpu=config.device == "cpu" or not torch.cuda.is_available())
     if state.num_processes != int(os.environ.get("WORLD_SIZE", 1)):
         raise InputError(f"launched with WORLD_SIZE={os.environ['WORLD_SIZE']} but accelerate sees one process")
-    teacher = load_teacher(teacher_dir, config, state, int(split.n_choices.max()))
-    prompts = [format_prompt(q, c, prompt) for q, c in zip(split.questions, split.choices, strict=True)]
-    ends = None
-    if option_rule(teacher, config) == OPTION_POSITION_RULE:
-        ends = [option_line_ends(q, c, prompt) for q, c in zip(split.questions, split.choices, strict=True)]
-    tokens = tokenize_prompts(teacher.tokenizer, prompts, split.ids, option_ends=ends)
+    teacher = load_teacher(teacher_dir, config, state, int(split.n_choices.max()), prompt.chat_template)
+    prompts, ends = teacher_prompts(teacher, split, prompt, config)
+    tokens = tokenize_prompts(teacher.tokenizer, prompts, split.ids, option_ends=ends,
+                              add_special_tokens=not prompt.chat_template)  # fmt: skip
     check_prompts_fit(tokens.lengths, split.ids, teacher.model.config, "teacher")
     cloze = cloze_tokens(teacher, split, prompt, config)
     pairs = option_pairs(teacher, split, config)

@@ -49,7 +49,7 @@ def tokenize_pairs(
     example = np.repeat(np.arange(len(choices)), n_choices)
     option = np.arange(len(example)) - first[example]
     encoded = tokenizer(
-        [questions[i] for i in example], [text for options in choices for text in options],
+        [questions[int(i)] for i in example], [text for options in choices for text in options],
         add_special_tokens=True, return_special_tokens_mask=True,
     )  # fmt: skip
     input_ids, content, read_index = [], [], np.zeros(len(example), dtype=np.int64)

@@ -99,7 +99,9 @@ class Teacher:
                 "kind": self.ref.kind}  # fmt: skip
 
 
-def load_teacher(model_dir: Path, config: ExtractConfig, state: Any, n_letters: int) -> Teacher:
+def load_teacher(model_dir: Path, config: ExtractConfig, state: Any, n_letters: int, chat: bool = False) -> Teacher:
+    """The teacher on its device; with `chat` its letters are read after its own chat template's assistant turn."""
+    from stages.modeling.chat import assistant_start
     from stages.modeling.loading import load_model
 
     device, compute_dtype = pick_device(config, state)
@@ -107,7 +109,9 @@ def load_teacher(model_dir: Path, config: ExtractConfig, state: Any, n_letters: 
     model, tokenizer, ref = load_model(model_dir, dtype=compute_dtype, device_map=device_map)
     layers = config.resolve_layers(model.config.num_hidden_layers + 1)
     letter_ids, letter_rule = (
-        letter_token_ids(tokenizer, n_letters, "teacher") if ref.kind == "causal_lm" else (None, None)
+        letter_token_ids(tokenizer, n_letters, "teacher", assistant_start(tokenizer, "teacher") if chat else None)
+        if ref.kind == "causal_lm"
+        else (None, None)
     )
     return Teacher(model, tokenizer, ref, device, compute_dtype, layers, letter_ids, letter_rule)
 

@@ -35,6 +35,7 @@ PARAMS = {
         "template": "{question}\n{options}\nAnswer:",
         "option_format": "{letter}. {text}",
         "cloze_template": "{question}\nAnswer:",
+        "chat_template": False,
     },
     "train": {
         "steps": 4,
