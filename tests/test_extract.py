@@ -299,6 +299,7 @@ def write_params(folder: Path, **extract) -> Path:
             "option_format": PROMPT.option_format,
             "cloze_template": PROMPT.cloze_template,
             "chat_template": False,
+            "shots": 0,
         },  # fmt: skip
         "extract": {**REPO_PARAMS["extract"], "batch_size": 4, "shard_examples": 4, "device": "cpu", **extract},
     }

@@ -36,6 +36,8 @@ class PromptConfig:
     chat_template: bool = False
     """Wrap the lettered prompt in each model's own chat template (a user turn, the assistant turn opened; the
     answer is read at the assistant's first token): for instruct teachers and students."""
+    shots: int = 0
+    """Solved examples from `labeled` before every prompt (0..8; the same ones for every example, chosen by seed)."""
 
     def __post_init__(self) -> None:
         for field in ("{question}", "{options}"):
@@ -46,6 +48,8 @@ class PromptConfig:
                 "params.yaml: prompt.cloze_template must contain {question} and not {options} (the cloze readout "
                 f"hides the options); got {self.cloze_template!r}"
             )
+        if not 0 <= self.shots <= 8:
+            raise InputError(f"params.yaml: prompt.shots={self.shots} must be between 0 and 8")
         for field in ("{letter}", "{text}"):
             if field not in self.option_format:
                 raise InputError(f"params.yaml: prompt.option_format must contain {field}; got {self.option_format!r}")
@@ -54,7 +58,8 @@ class PromptConfig:
     def digest(self) -> str:
         """Short hash of everything that changes the lettered prompt's text (recorded in artifacts)."""
         chat = "\x00chat" if self.chat_template else ""  # absent when off: digests of plain prompts as before
-        payload = f"{self.template}\x00{self.option_format}{chat}".encode()
+        shots = f"\x00shots={self.shots}" if self.shots else ""
+        payload = f"{self.template}\x00{self.option_format}{chat}{shots}".encode()
         return hashlib.sha256(payload).hexdigest()[:16]
 
 

@@ -22,6 +22,7 @@ from stages.modeling.chat import chat_prompts
 from stages.modeling.cloze import DELIMITER, RULE, ClozeTokens, tokenize_cloze
 from stages.sources.prompts import PromptConfig, check_prompts_fit, format_prompt, option_line_ends
 from stages.sources.schema import Split
+from stages.sources.shots import shots_prefix
 from stages.store.batches import OPTION_POSITION_RULE, POSITION_RULE, tokenize_prompts
 from stages.store.extract_config import ExtractConfig, ExtractSetup
 from stages.store.option_pass import PairTokens, tokenize_pairs
@@ -132,14 +133,16 @@ def cloze_tokens(teacher: Teacher, split: Split, prompt: PromptConfig, config: E
 
 
 def teacher_prompts(
-    teacher: Teacher, split: Split, prompt: PromptConfig, config: ExtractConfig
+    teacher: Teacher, split: Split, prompt: PromptConfig, config: ExtractConfig, prefix: str = ""
 ) -> tuple[list[str], list[list[int]] | None]:
-    """The split's prompt texts (in the teacher's chat template with prompt.chat_template) and, when the store keeps
-    per-option states from this pass, the character offset just past each option's line in them."""
-    prompts = [format_prompt(q, c, prompt) for q, c in zip(split.questions, split.choices, strict=True)]
+    """The split's prompt texts (after the few-shot `prefix`, in the teacher's chat template with
+    prompt.chat_template) and, when the store keeps per-option states from this pass, the character offset just
+    past each option's line in them."""
+    prompts = [prefix + format_prompt(q, c, prompt) for q, c in zip(split.questions, split.choices, strict=True)]
     ends = None
     if option_rule(teacher, config) == OPTION_POSITION_RULE:
-        ends = [option_line_ends(q, c, prompt) for q, c in zip(split.questions, split.choices, strict=True)]
+        ends = [[len(prefix) + end for end in option_line_ends(q, c, prompt)]
+                for q, c in zip(split.questions, split.choices, strict=True)]  # fmt: skip
     if prompt.chat_template:
         prompts, offsets = chat_prompts(teacher.tokenizer, prompts, "teacher")
         if ends is not None:
@@ -156,8 +159,9 @@ def option_pairs(teacher: Teacher, split: Split, config: ExtractConfig) -> PairT
     return pairs
 
 
-def run(setup: ExtractSetup, split: Split, teacher_dir: Path, out: Path) -> None:
-    """Compute and write the whole store for one split (resuming `<out>.partial` when it matches)."""
+def run(setup: ExtractSetup, split: Split, teacher_dir: Path, out: Path, shots: Path | None = None) -> None:
+    """Compute and write the whole store for one split (resuming `<out>.partial` when it matches); `shots` is the
+    prepared shots.parquet (read with prompt.shots > 0)."""
     import torch
     from accelerate import PartialState
 
@@ -167,7 +171,8 @@ def run(setup: ExtractSetup, split: Split, teacher_dir: Path, out: Path) -> None
     if state.num_processes != int(os.environ.get("WORLD_SIZE", 1)):
         raise InputError(f"launched with WORLD_SIZE={os.environ['WORLD_SIZE']} but accelerate sees one process")
     teacher = load_teacher(teacher_dir, config, state, int(split.n_choices.max()), prompt.chat_template)
-    prompts, ends = teacher_prompts(teacher, split, prompt, config)
+    prefix = shots_prefix(shots, prompt)
+    prompts, ends = teacher_prompts(teacher, split, prompt, config, prefix)
     tokens = tokenize_prompts(teacher.tokenizer, prompts, split.ids, option_ends=ends,
                               add_special_tokens=not prompt.chat_template)  # fmt: skip
     check_prompts_fit(tokens.lengths, split.ids, teacher.model.config, "teacher")
@@ -178,6 +183,8 @@ def run(setup: ExtractSetup, split: Split, teacher_dir: Path, out: Path) -> None
                          config.shard_examples, config.dtype, teacher.letter_ids is not None,
                          cloze is not None, n_option_slots)  # fmt: skip
     determining = determining_values(split, teacher, prompt, config)
+    if prefix:  # which examples the shots are, not only how many
+        determining["shots_sha256"] = hashlib.sha256(prefix.encode()).hexdigest()
     store_fingerprint = fingerprint(determining)
     group, done = open_store(out, layout, store_fingerprint, state)
     mine = [s for s in range(layout.n_shards) if s % state.num_processes == state.process_index and s not in done]

@@ -34,10 +34,12 @@ class EncodedSplit:
         return len(self.token_ids)
 
 
-def encode_split(split: Split, tokenizer: Any, prompt: PromptConfig, cloze: bool = False) -> EncodedSplit:
+def encode_split(
+    split: Split, tokenizer: Any, prompt: PromptConfig, cloze: bool = False, prefix: str = ""
+) -> EncodedSplit:
     """The split's prompts in the student's tokenizer (the same text the teacher read, in other tokens), and with
     `cloze` its cloze sequences (prompt.cloze_template, scored like the teacher's: stages/modeling/cloze.py)."""
-    texts = [format_prompt(q, c, prompt) for q, c in zip(split.questions, split.choices, strict=True)]
+    texts = [prefix + format_prompt(q, c, prompt) for q, c in zip(split.questions, split.choices, strict=True)]
     if prompt.chat_template:  # the student's own template, which holds its special tokens already
         texts = chat_prompts(tokenizer, texts, "student")[0]
     token_ids = tokenizer(texts, add_special_tokens=not prompt.chat_template)["input_ids"]

@@ -42,6 +42,7 @@ def test_prompt_config_from_params_mapping():
         "option_format": "({letter}) {text}",
         "cloze_template": "{question}",
         "chat_template": False,
+        "shots": 0,
     }
     assert build(PromptConfig, values, "prompt") == PromptConfig(**values)
     with pytest.raises(InputError, match=r"^params\.yaml: prompt\.option_format is missing"):

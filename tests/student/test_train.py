@@ -36,6 +36,7 @@ PARAMS = {
         "option_format": "{letter}. {text}",
         "cloze_template": "{question}\nAnswer:",
         "chat_template": False,
+        "shots": 0,
     },
     "train": {
         "steps": 4,
