@@ -71,7 +71,8 @@ def measure(dataset: str, base: dict, workdir: Path, data_root: Path, teacher: P
     for split in SPLITS:
         if not (folder / "hidden" / f"{split}.zarr").exists():
             stage("extract", split, "--data", str(folder / "prepared" / f"{split}.parquet"), "--teacher",
-                  str(teacher), "--out", str(folder / "hidden" / f"{split}.zarr"), params=params_file)  # fmt: skip
+                  str(teacher), "--out", str(folder / "hidden" / f"{split}.zarr"), "--shots",
+                  str(folder / "prepared" / "shots.parquet"), params=params_file)  # fmt: skip
     rows = []
     for kind in KINDS:
         params["probe"]["kind"] = kind
