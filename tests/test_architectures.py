@@ -25,7 +25,7 @@ from tests.test_extract import N_EXAMPLES, make_rows, reference, run
 from tests.test_extract_options import decoder_reference
 from tests.tiny_models import make_styled_tokenizer
 
-# About 6 minutes on two busy cores (4 with the cores free): the slow tier.
+# 1 minute on two lightly loaded cores, 4 to 6 on two busy ones (measured): the slow tier.
 pytestmark = pytest.mark.slow
 
 D_MODEL, N_BLOCKS = 32, 2
