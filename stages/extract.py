@@ -28,10 +28,11 @@ def main(
     data: Annotated[Path, typer.Option(help="The prepared split's parquet file.")],
     teacher: Annotated[Path, typer.Option(help="The teacher's model folder (data/models/teacher).")],
     out: Annotated[Path, typer.Option(help="The store to write (<split>.zarr, replaced when complete).")],
+    shots: Annotated[Path | None, typer.Option(help="The prepared shots.parquet (read with prompt.shots > 0).")] = None,
     params_file: ParamsFile = DEFAULT_PARAMS,
 ) -> None:
     """Cache the teacher's hidden states of every layer into a zarr store."""
     setup = read_extract_setup(load_params(f"extract@{split}", params_file))
     check_device(setup.extract.device)  # before any input is read: a machine without the device asked for
     out.parent.mkdir(parents=True, exist_ok=True)
-    run(setup, read_split(data), teacher, out, prompt_fit(data))
+    run(setup, read_split(data), teacher, out, prompt_fit(data), shots)

@@ -299,6 +299,8 @@ def write_params(folder: Path, **extract) -> Path:
             "option_format": PROMPT.option_format,
             "cloze_template": PROMPT.cloze_template,
             "on_too_long": PROMPT.on_too_long,
+            "chat_template": False,
+            "shots": 0,
         },  # fmt: skip
         "extract": {**REPO_PARAMS["extract"], "batch_size": 4, "shard_examples": 4, "device": "cpu", **extract},
     }
@@ -354,7 +356,7 @@ def test_encoder_forward_stops_after_the_deepest_requested_block(encoder_dir):
     ran = []
     for index, block in enumerate(decoder_layers(model.base_model)):
         block.register_forward_hook(lambda *_, index=index: ran.append(index))
-    hidden, logits = LayerGatherer(model, [1], None)(batch)
+    hidden, logits, _ = LayerGatherer(model, [1], None)(batch)
     assert ran == [0] and hidden.shape == (2, 1, 32) and logits is None
 
 

@@ -3,8 +3,9 @@ on smaller splits and a shorter student budget (`SMALL`), so the builtin story c
 
 Also the caching contract: after a full run, changing `probe.layer` reruns `label`, the probe-KD student
 and the summary, and nothing else (`fingerprint@<role>` runs on every repro, by design); `dvc metrics diff` then
-shows the changed numbers. The DVC conventions (the one metrics file, a fresh clone's baseline, the plots) are
-tested on the tiny configuration in tests/test_dvc_conventions.py.
+shows the changed numbers; changing `probe.kind` reruns `probe` too, never extraction. The DVC conventions (the
+one metrics file, a fresh clone's baseline, the plots) are tested on the tiny configuration in
+tests/test_dvc_conventions.py.
 """
 
 from __future__ import annotations
@@ -85,6 +86,15 @@ def test_probe_layer_change_reruns_only_label_probe_kd_and_summary(repo):
     assert "probe_layer" in diff["data/summary/metrics.json"], diff
 
 
+def test_probe_kind_change_reruns_only_probe_label_probe_kd_and_summary(repo):
+    """The stores always hold the per-option states (extract.option_states: true), so a kind change never reruns
+    extraction."""
+    output = dvc("exp", "run", "-S", "probe.kind=per_option", cwd=repo)
+    assert stages_run(output) == {"probe", "label", "train@probe_kd", "summarize"}, output
+    metrics = json.loads((repo / "data/probe/metrics.json").read_text())
+    assert 0.0 <= metrics["cv_acc"] <= 1.0
+
+
 def test_sweep_table_reads_dvc_exp_show(repo):
     import importlib.util
 
@@ -97,13 +107,14 @@ def test_sweep_table_reads_dvc_exp_show(repo):
 
 
 def test_seed_summary_reads_dvc_exp_show(repo):
-    """The across-seeds command on the real `dvc exp show --json` (the probe.layer experiment above is one run)."""
+    """The across-seeds command on the real `dvc exp show --json` (the probe.layer and probe.kind experiments above
+    are its runs)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("seed_summary", ROOT / "benchmarks" / "seed_summary.py")
     seed_summary = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(seed_summary)
     used, values = seed_summary.collect(dvc_json("exp", "show", cwd=repo), [], seed_summary.DEFAULT_METRICS)
-    assert len(used) == 1 and {"probe_kd_test_acc", "teacher_cloze_test_acc", "diff_probe_kd_minus_logit_kd"} <= set(
+    assert len(used) == 2 and {"probe_kd_test_acc", "teacher_cloze_test_acc", "diff_probe_kd_minus_logit_kd"} <= set(
         values
     )

@@ -26,10 +26,11 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_world(
-    root: Path, *, encoder: bool = False, seed: int = 0, signal: float = 3.0, cloze: bool = True
+    root: Path, *, encoder: bool = False, seed: int = 0, signal: float = 3.0, cloze: bool = True, options: bool = True
 ) -> tuple[Path, Path]:
-    """Prepared splits with 3..5 choices and stores where only layer INFORMATIVE encodes the answer; the teacher's
-    letters are weakly informative, its cloze scores (absent for an encoder or with cloze=False) more so."""
+    """Prepared splits with 3..5 choices and stores where only layer INFORMATIVE encodes the answer (at the answer
+    position and, with `options`, in the correct option's own state); the teacher's letters are weakly informative,
+    its cloze scores (absent for an encoder or with cloze=False) more so."""
     rng = np.random.default_rng(seed)
     directions = rng.normal(size=(5, D_MODEL))  # one direction per answer slot
     prepared, hidden = root / "prepared", root / "hidden"
@@ -52,8 +53,12 @@ def make_world(
             logits[i, answers[i]] += 1.0  # a weakly informative teacher output
             scores[i, : n_choices[i]] = rng.normal(size=n_choices[i]) * 4 - 10  # log-likelihoods, badly scaled
             scores[i, answers[i]] += 6.0
+        option_states = rng.normal(size=(n_examples, N_LAYERS, int(n_choices.max()), D_MODEL)) * 2 + 1
+        option_states[np.arange(n_examples), INFORMATIVE, answers] += signal * directions[0]
+        option_states *= np.arange(option_states.shape[2])[None, None, :, None] < n_choices[:, None, None, None]
         write_store(hidden / f"{name}.zarr", ids, states, None if encoder else logits,
-                    cloze=None if encoder or not cloze else scores)  # fmt: skip
+                    cloze=None if encoder or not cloze else scores,
+                    option_states=option_states if options else None)  # fmt: skip
     return prepared, hidden
 
 
@@ -146,7 +151,7 @@ def test_folds_are_seeded():
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"kind": "svm"}, "probe.kind='svm' must be one of logistic, mlp"),
+        ({"kind": "svm"}, "probe.kind='svm' must be one of logistic, mlp, per_option"),
         ({"l2": 0.0}, "probe.l2=0.0 must be > 0"),
         ({"folds": 1}, "probe.folds=1: cross-fitting needs >= 2"),
         ({"folds": "5"}, "probe.folds='5' must be an integer"),
@@ -165,6 +170,24 @@ def test_mlp_kind_finds_the_layer(world):
     result = fit_all_layers(splits, stores, ProbeConfig(kind="mlp", folds=3, l2=1e-2))
     cv_acc = [(np.argmax(p, axis=1) == splits["labeled"].answers).mean() for p in result.probs["labeled"]]
     assert int(np.argmax(cv_acc)) == INFORMATIVE and cv_acc[INFORMATIVE] > 0.7
+
+
+def test_per_option_kind_finds_the_layer(world):
+    splits, stores = open_inputs(*world)
+    result = fit_all_layers(splits, stores, ProbeConfig(kind="per_option", folds=3, l2=1e-2))
+    cv_acc = [(np.argmax(p, axis=1) == splits["labeled"].answers).mean() for p in result.probs["labeled"]]
+    test_acc = (np.argmax(result.probs["test"][INFORMATIVE], axis=1) == splits["test"].answers).mean()
+    assert int(np.argmax(cv_acc)) == INFORMATIVE and cv_acc[INFORMATIVE] > 0.8 and test_acc > 0.8
+    assert max(a for i, a in enumerate(cv_acc) if i != INFORMATIVE) < 0.5
+    assert result.weights["w"].shape == (N_LAYERS, D_MODEL) and result.probs["test"].shape[2] == 5
+    assert np.isfinite(result.temperature).all()
+
+
+def test_per_option_kind_without_option_states_says_what_to_do(tmp_path):
+    splits, stores = open_inputs(*make_world(tmp_path, options=False))
+    with pytest.raises(InputError, match=r"probe.kind=per_option needs per-option states, but .*labeled.zarr has none: "
+                       r"extract.option_states is false"):  # fmt: skip
+        fit_all_layers(splits, stores, ProbeConfig(kind="per_option", folds=3))
 
 
 def test_ids_mismatch_is_an_input_error(tmp_path):

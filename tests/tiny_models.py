@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 CORPUS = [
@@ -15,6 +15,8 @@ CORPUS = [
     "The quick brown fox jumps over the lazy dog. 0123456789",
     "Question: what colour is the sky? Options follow. Answer:",
 ]
+
+ANSWERS = [f"Answer: {letter}" for letter in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"]  # every letter a token, as in real ones
 
 
 def make_tokenizer(vocab_size: int = 300, **special: str) -> PreTrainedTokenizerFast:
@@ -76,3 +78,41 @@ def make_tiny_encoder(
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def make_styled_tokenizer(style: str, vocab_size: int = 300) -> PreTrainedTokenizerFast:
+    """A tokenizer of one of the families' styles, trained on CORPUS:
+    - `byte_level`: GPT-2 / Llama 3 / Qwen byte-level BPE (a leading space is `Ġ`), no special tokens added;
+    - `metaspace`: SentencePiece-style BPE (Llama 2, Mistral, Gemma: a space is `▁` and one is prepended, so ` A`
+      alone is `▁` `▁A` while `Answer: A` ends in `▁A`), BOS prepended;
+    - `wordpiece`: BERT-style WordPiece, `[CLS] a [SEP]` and `[CLS] a [SEP] b [SEP]` for pairs.
+    """
+    if style == "byte_level":
+        return make_tokenizer(vocab_size=vocab_size)
+    if style == "metaspace":
+        tokenizer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=False))
+        # Llama 2's tokenizer.json: the normalizer prepends `▁` and turns spaces into `▁`; pieces split before `▁`.
+        tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never")
+        tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+        specials = ["<unk>", "<s>", "</s>", "<pad>"]
+        alphabet = sorted(set("".join(CORPUS)) | {"▁"})
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, initial_alphabet=alphabet)
+        tokenizer.train_from_iterator(CORPUS * 20 + ANSWERS * 20, trainer=trainer)
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", tokenizer.token_to_id("<s>"))]
+        )
+        return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>",
+                                       unk_token="<unk>", pad_token="<pad>")  # fmt: skip
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    pieces = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials)
+    tokenizer.train_from_iterator(CORPUS * 20 + ANSWERS * 20, trainer=pieces)
+    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="[PAD]", unk_token="[UNK]",
+                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")  # fmt: skip

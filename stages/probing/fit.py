@@ -24,6 +24,7 @@ import torch
 from stages.probing.logistic import fit_logistic
 from stages.probing.logits import masked_cross_entropy, probe_logits
 from stages.probing.mlp import fit_mlp
+from stages.probing.option_scorer import fit_option_scorer
 from stages.probing.reduction import training_stats
 
 __all__ = [
@@ -41,7 +42,7 @@ __all__ = [
     "training_stats",
 ]
 
-KINDS = ("logistic", "mlp")
+KINDS = ("logistic", "mlp", "per_option")
 MAX_TEMPERATURE = 100.0  # calibration bounds T to [1/100, 100]
 
 
@@ -67,10 +68,13 @@ def fit_probes(
 ) -> dict[str, torch.Tensor]:
     """Fit one probe per (training mask, layer).
 
-    features: (n_layers, n_examples, d_model) float32; answers: (n_examples,) int64; valid: (n_examples, n_slots)
-    bool; train: (n_fits, n_examples) bool. Returns params with leading dims (n_fits, n_layers).
+    features: (n_layers, n_examples, d_model) float32, or (n_layers, n_examples, n_slots, d_model) per option for
+    kind per_option; answers: (n_examples,) int64; valid: (n_examples, n_slots) bool; train: (n_fits, n_examples)
+    bool. Returns params with leading dims (n_fits, n_layers).
     """
     l2, max_iter, tolerance = settings.l2, settings.max_iter, settings.tolerance
+    if settings.kind == "per_option":
+        return fit_option_scorer(features, answers, valid, train, l2=l2, max_iter=max_iter, tolerance=tolerance)
     if settings.kind == "logistic":
         return fit_logistic(
             features,

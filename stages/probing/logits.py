@@ -1,4 +1,5 @@
-"""A batch of probes' forward pass and loss: one logit per option slot, -inf on slots an example lacks."""
+"""A batch of probes' forward pass and loss: one logit per option slot, -inf on slots an example lacks (the slot
+probes' and the per-option scorer's, stages/probing/option_scorer.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ def probe_logits(params: dict[str, torch.Tensor], features: torch.Tensor, valid:
 
     params hold `mean`, `std` (n_fits, n_layers, d_model) and the weights; features (n_layers, n_examples, d_model).
     Standardisation is folded into the first linear map (W / std and an offset), so features are used as stored.
+    Per-option features (n_layers, n_examples, n_slots, d_model) go to the shared option scorer.
     """
+    if features.dim() == 4:
+        return option_logits(params, features, valid)
     scaled = params["w"] / params["std"][..., None]  # (n_fits, n_layers, d_model, d_out)
     offset = params["b"] - torch.einsum("fld,fldo->flo", params["mean"], scaled)  # (n_fits, n_layers, d_out)
     # One batched matmul per fit keeps `features` shared instead of expanded to n_fits copies.
@@ -18,6 +22,18 @@ def probe_logits(params: dict[str, torch.Tensor], features: torch.Tensor, valid:
     if "w_out" in params:
         out = torch.nn.functional.gelu(out) @ params["w_out"] + params["b_out"][:, :, None, :]
     return out.masked_fill(~valid, float("-inf"))
+
+
+def option_logits(params: dict[str, torch.Tensor], features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(n_fits, n_layers, n_examples, n_slots) scores, -inf on slots an example lacks.
+
+    params: `w`, `mean`, `std` (n_fits, n_layers, d_model); features (n_layers, n_examples, n_slots, d_model).
+    Standardisation is folded into the weights (w / std and an offset), so features are used as stored.
+    """
+    scaled = params["w"] / params["std"]  # (n_fits, n_layers, d_model)
+    offset = (params["mean"] * scaled).sum(-1)  # (n_fits, n_layers): the same for every option (cancels)
+    logits = torch.einsum("lnsd,fld->flns", features, scaled) - offset[:, :, None, None]
+    return logits.masked_fill(~valid, float("-inf"))
 
 
 def masked_cross_entropy(logits: torch.Tensor, answers: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

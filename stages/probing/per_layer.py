@@ -31,8 +31,10 @@ CHUNK_BYTES = 512 * 2**20  # float32 features of one layer chunk; fitting needs 
 class ProbeConfig:
     """The `probe` section of params.yaml (minus `layer`, which only `label` reads) and the global seed."""
 
-    kind: Literal["logistic", "mlp"] = "logistic"
-    """logistic (multinomial logistic regression) or mlp (one hidden layer of 64 GELU units)."""
+    kind: Literal["logistic", "mlp", "per_option"] = "logistic"
+    """logistic (multinomial logistic regression over option slots on the answer position's state), mlp (one hidden
+    layer of 64 GELU units) or per_option (one linear scorer shared by every option, on each option's own state,
+    softmax over the question's options; needs extract.option_states)."""
     l2: float = 1e-3
     """L2 penalty: objective = mean cross-entropy + l2 / 2 * ||W||^2 (scikit-learn C = 1 / (n_train * l2))."""
     folds: int = 5
@@ -70,19 +72,23 @@ def fit_all_layers(splits: dict[str, Split], stores: dict[str, HiddenStore], con
     answers = {name: torch.tensor(split.answers) for name, split in splits.items()}
     fold_of = assign_folds(splits["labeled"].n_examples, config.folds, config.seed)
     n_max, _, d_model = max(store.shape for store in stores.values())
-    per_chunk = max(1, CHUNK_BYTES // (4 * n_max * d_model))
+    per_option = config.kind == "per_option"
+    if per_option:
+        require_option_states(stores)
+    per_chunk = max(1, CHUNK_BYTES // (4 * n_max * d_model * (n_slots if per_option else 1)))
     logits: dict[str, list[torch.Tensor]] = {name: [] for name in splits}
     weights: list[dict[str, torch.Tensor]] = []
     for start in range(0, len(layers), per_chunk):
         indices = range(start, min(start + per_chunk, len(layers)))  # store positions of this chunk's layers
         log.info("probe: layers %s..%s of %s", layers[indices[0]], layers[indices[-1]], layers)
-        features = read_chunk(stores["labeled"], indices)  # (chunk, n_labeled, d_model)
+        features = read_chunk(stores["labeled"], indices, n_slots if per_option else 0)  # (chunk, n_labeled, ...)
         out_of_fold, refit = cross_fit(features, answers["labeled"], valid["labeled"], fold_of, config.fit_settings)
         logits["labeled"].append(out_of_fold)
         weights.append(refit)
         for name in splits:
             if name != "labeled":
-                logits[name].append(predict(refit, read_chunk(stores[name], indices), valid[name]))
+                chunk = read_chunk(stores[name], indices, n_slots if per_option else 0)
+                logits[name].append(predict(refit, chunk, valid[name]))
     merged = {name: torch.cat(chunks) for name, chunks in logits.items()}
     temperature = (
         fit_temperature(merged["val"], answers["val"]) if config.calibrate else torch.ones(len(layers))
@@ -103,8 +109,19 @@ def fit_all_layers(splits: dict[str, Split], stores: dict[str, HiddenStore], con
     )
 
 
-def read_chunk(store: HiddenStore, indices: range) -> torch.Tensor:
+def read_chunk(store: HiddenStore, indices: range, n_slots: int = 0) -> torch.Tensor:
+    """(chunk, n_examples, d_model) answer-position states, or with n_slots (chunk, n_examples, n_slots, d_model)
+    per-option states."""
+    if n_slots:
+        return torch.from_numpy(np.stack([store.read_option_layer(index, n_slots) for index in indices]))
     return torch.from_numpy(np.stack([store.read_layer(index) for index in indices]))
+
+
+def require_option_states(stores: dict[str, HiddenStore]) -> None:
+    for store in stores.values():
+        if not store.attrs.get("has_option_states", False):
+            reason = store.attrs.get("option_states_missing") or "it was extracted before they existed; rerun extract"
+            raise InputError(f"probe.kind=per_option needs per-option states, but {store.path} has none: {reason}")
 
 
 def layer_metrics(result: ProbeResult, splits: dict[str, Split], teacher_probs: dict[str, np.ndarray | None]) -> list:

@@ -19,6 +19,7 @@ from stages.sources.builtin_world import BUILTIN_SEED, TaskConfig, read_builtin_
 from stages.sources.data_config import PrepareConfig
 from stages.sources.loading import LoadedDataset, load_dataset_splits
 from stages.sources.schema import SPLITS, write_split
+from stages.sources.shots import SHOTS_FILE, shot_pool
 from stages.sources.splits import assign_splits
 
 log = logging.getLogger(__name__)
@@ -125,5 +126,7 @@ def run(setup: PrepareSetup, paths: PreparePaths, fit: PromptFitter | None = Non
             if name in fitted:
                 own["prompt_fit"] = json.dumps(fitted[name], sort_keys=True)
             write_split(prepared[name], temp / f"{name}.parquet", {**metadata, **own})
+        pool = shot_pool(prepared["labeled"])  # few-shot examples (prompt.shots), from labeled only
+        write_split(pool, temp / SHOTS_FILE, {**metadata, "split": "shots", "n_examples": str(len(pool))})
     log.info("wrote %s: %s", out_dir, counts)
     return counts

@@ -37,6 +37,11 @@ class PromptConfig:
     """A prompt longer than the teacher's or the student's positions, decided once in `prepare`: error | skip
     (drop the example from its split, counted) | truncate (cut the question from the left, keeping the options and
     the answer cue)."""
+    chat_template: bool = False
+    """Wrap the lettered prompt in each model's own chat template (a user turn, the assistant turn opened; the
+    answer is read at the assistant's first token): for instruct teachers and students."""
+    shots: int = 0
+    """Solved examples from `labeled` before every prompt (0..8; the same ones for every example, chosen by seed)."""
 
     def __post_init__(self) -> None:
         for field in ("{question}", "{options}"):
@@ -47,6 +52,8 @@ class PromptConfig:
                 "params.yaml: prompt.cloze_template must contain {question} and not {options} (the cloze readout "
                 f"hides the options); got {self.cloze_template!r}"
             )
+        if not 0 <= self.shots <= 8:
+            raise InputError(f"params.yaml: prompt.shots={self.shots} must be between 0 and 8")
         for field in ("{letter}", "{text}"):
             if field not in self.option_format:
                 raise InputError(f"params.yaml: prompt.option_format must contain {field}; got {self.option_format!r}")
@@ -57,7 +64,9 @@ class PromptConfig:
     @property
     def digest(self) -> str:
         """Short hash of everything that changes the lettered prompt's text (recorded in artifacts)."""
-        payload = f"{self.template}\x00{self.option_format}".encode()
+        chat = "\x00chat" if self.chat_template else ""  # absent when off: digests of plain prompts as before
+        shots = f"\x00shots={self.shots}" if self.shots else ""
+        payload = f"{self.template}\x00{self.option_format}{chat}{shots}".encode()
         return hashlib.sha256(payload).hexdigest()[:16]
 
 
@@ -82,6 +91,21 @@ def format_prompt(question: str, choices: Sequence[str], config: PromptConfig = 
         for letter, text in zip(LETTERS[: len(choices)], choices, strict=True)
     )
     return config.template.format(question=question, options=options)
+
+
+def option_line_ends(question: str, choices: Sequence[str], config: PromptConfig = PromptConfig()) -> list[int]:
+    """Character offset, in `format_prompt`'s text, just past each option's line (its last character + 1).
+
+    Found from the template itself (where `{options}` lands once `{question}` is filled), so any template works.
+    """
+    marker = "\x00options\x00"  # not in any real question: the text before it is the real prompt's
+    start = config.template.format(question=question, options=marker).index(marker)
+    ends, offset = [], start
+    for letter, text in zip(LETTERS, choices, strict=False):
+        offset += len(config.option_format.format(letter=letter, text=text))
+        ends.append(offset)
+        offset += 1  # the newline between option lines
+    return ends
 
 
 def check_prompts_fit(

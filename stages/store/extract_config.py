@@ -33,6 +33,14 @@ class ExtractConfig:
     """Also store the cloze readout: each option's log-likelihood as the continuation of the question without
     options (one extra forward per option; prompt.cloze_template). false skips it for very large runs."""
 
+    option_states: bool = True
+    """Also store per-option states (the per-option probe's input): decoders, each layer at the end of each option's
+    line, from the same forward; encoders, each (question, option) pair encoded as a sequence pair (one more
+    forward per option). n_options times the hidden-state store on disk; false skips them."""
+    option_pooling: Literal["cls", "mean", "last"] = "mean"
+    """Encoder teachers: the pair's representation: cls (first token), mean (over non-special tokens) or last (last
+    non-special token)."""
+
     def __post_init__(self) -> None:
         for name in ("batch_size", "shard_examples"):
             if getattr(self, name) < 1:

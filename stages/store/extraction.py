@@ -19,11 +19,14 @@ from typing import Any
 from tqdm import tqdm
 
 from stages.core.errors import InputError
+from stages.modeling.chat import chat_prompts
 from stages.modeling.cloze import DELIMITER, RULE, ClozeTokens, tokenize_cloze
-from stages.sources.prompts import PromptConfig, check_prompts_fit, format_prompt
+from stages.sources.prompts import PromptConfig, check_prompts_fit, format_prompt, option_line_ends
 from stages.sources.schema import Split
-from stages.store.batches import POSITION_RULE, tokenize_prompts
+from stages.sources.shots import shots_prefix
+from stages.store.batches import OPTION_POSITION_RULE, POSITION_RULE, tokenize_prompts
 from stages.store.extract_config import ExtractConfig, ExtractSetup
+from stages.store.option_pass import PairTokens, tokenize_pairs
 from stages.store.teacher_pass import Teacher, load_teacher, write_shards
 from stages.store.writer import StoreLayout, finalize, fingerprint, open_partial, partial_path
 
@@ -47,6 +50,13 @@ def cloze_missing(teacher: Teacher, config: ExtractConfig) -> str | None:
     return None
 
 
+def option_rule(teacher: Teacher, config: ExtractConfig) -> str | None:
+    """How the store's option states were read (None: it has none)."""
+    if not config.option_states:
+        return None
+    return OPTION_POSITION_RULE if teacher.ref.kind == "causal_lm" else f"pair_{config.option_pooling}"
+
+
 def determining_values(split: Split, teacher: Teacher, prompt: PromptConfig, config: ExtractConfig) -> dict[str, Any]:
     """Everything that determines the stored values: the store's fingerprint is their hash.
 
@@ -54,6 +64,8 @@ def determining_values(split: Split, teacher: Teacher, prompt: PromptConfig, con
     store as it was.
     """
     cloze = {} if cloze_missing(teacher, config) else {"cloze": cloze_description(prompt)}
+    rule = option_rule(teacher, config)  # like the cloze key: absent when not stored
+    options = {} if rule is None else {"option_states": {"rule": rule}}
     return {
         "teacher": teacher.describe(),
         "prompt_digest": prompt.digest,
@@ -66,6 +78,7 @@ def determining_values(split: Split, teacher: Teacher, prompt: PromptConfig, con
         "letter_token_ids": teacher.letter_ids,
         "position_rule": POSITION_RULE,
         **cloze,
+        **options,
     }
 
 
@@ -100,6 +113,11 @@ def store_attributes(
         "has_option_logits": teacher.letter_ids is not None,
         "has_cloze": "cloze" in determining,
         "cloze_missing": cloze_missing(teacher, config),
+        "has_option_states": "option_states" in determining,
+        "option_rule": option_rule(teacher, config),
+        "option_states_missing": None
+        if config.option_states
+        else "extract.option_states is false (set it to true and rerun extract)",
         "versions": library_versions(),
         "fingerprint": store_fingerprint,
     }
@@ -152,9 +170,44 @@ def check_device(device: str) -> None:
         raise InputError(f"params.yaml: extract.device={device} but {built}; use extract.device: auto or cpu")
 
 
-def run(setup: ExtractSetup, split: Split, teacher_dir: Path, out: Path, fitted: dict | None = None) -> None:
+def teacher_prompts(
+    teacher: Teacher, split: Split, prompt: PromptConfig, config: ExtractConfig, prefix: str = ""
+) -> tuple[list[str], list[list[int]] | None]:
+    """The split's prompt texts (after the few-shot `prefix`, in the teacher's chat template with
+    prompt.chat_template) and, when the store keeps per-option states from this pass, the character offset just
+    past each option's line in them."""
+    prompts = [prefix + format_prompt(q, c, prompt) for q, c in zip(split.questions, split.choices, strict=True)]
+    ends = None
+    if option_rule(teacher, config) == OPTION_POSITION_RULE:
+        ends = [[len(prefix) + end for end in option_line_ends(q, c, prompt)]
+                for q, c in zip(split.questions, split.choices, strict=True)]  # fmt: skip
+    if prompt.chat_template:
+        prompts, offsets = chat_prompts(teacher.tokenizer, prompts, "teacher")
+        if ends is not None:
+            ends = [[offset + end for end in row] for row, offset in zip(ends, offsets, strict=True)]
+    return prompts, ends
+
+
+def option_pairs(teacher: Teacher, split: Split, config: ExtractConfig) -> PairTokens | None:
+    """An encoder teacher's (question, option) pairs, checked against its positions; None for decoders."""
+    if option_rule(teacher, config) in (None, OPTION_POSITION_RULE):
+        return None
+    pairs = tokenize_pairs(teacher.tokenizer, split.questions, split.choices, config.option_pooling, split.ids)
+    check_prompts_fit(pairs.lengths, [split.ids[i] for i in pairs.example], teacher.model.config, "teacher")
+    return pairs
+
+
+def run(
+    setup: ExtractSetup,
+    split: Split,
+    teacher_dir: Path,
+    out: Path,
+    fitted: dict | None = None,
+    shots: Path | None = None,
+) -> None:
     """Compute and write the whole store for one split (resuming `<out>.partial` when it matches); `fitted` (what
-    prepare's prompt.on_too_long did to the split) goes into the store's attributes as `prompt_fit`."""
+    prepare's prompt.on_too_long did to the split) goes into the store's attributes as `prompt_fit`; `shots` is the
+    prepared shots.parquet (read with prompt.shots > 0)."""
     import torch
     from accelerate import PartialState
 
@@ -164,22 +217,28 @@ def run(setup: ExtractSetup, split: Split, teacher_dir: Path, out: Path, fitted:
     state = PartialState(cpu=config.device == "cpu" or not torch.cuda.is_available())
     if state.num_processes != int(os.environ.get("WORLD_SIZE", 1)):
         raise InputError(f"launched with WORLD_SIZE={os.environ['WORLD_SIZE']} but accelerate sees one process")
-    teacher = load_teacher(teacher_dir, config, state, int(split.n_choices.max()))
-    prompts = [format_prompt(q, c, prompt) for q, c in zip(split.questions, split.choices, strict=True)]
-    tokens = tokenize_prompts(teacher.tokenizer, prompts, split.ids)
+    teacher = load_teacher(teacher_dir, config, state, int(split.n_choices.max()), prompt.chat_template)
+    prefix = shots_prefix(shots, prompt)
+    prompts, ends = teacher_prompts(teacher, split, prompt, config, prefix)
+    tokens = tokenize_prompts(teacher.tokenizer, prompts, split.ids, option_ends=ends,
+                              add_special_tokens=not prompt.chat_template)  # fmt: skip
     check_prompts_fit(tokens.lengths, split.ids, teacher.model.config, "teacher")
     cloze = cloze_tokens(teacher, split, prompt, config)
+    pairs = option_pairs(teacher, split, config)
+    n_option_slots = int(split.n_choices.max()) if option_rule(teacher, config) else 0
     layout = StoreLayout(split.n_examples, len(teacher.layers), teacher.model.config.hidden_size,
                          config.shard_examples, config.dtype, teacher.letter_ids is not None,
-                         cloze is not None)  # fmt: skip
+                         cloze is not None, n_option_slots)  # fmt: skip
     determining = determining_values(split, teacher, prompt, config)
+    if prefix:  # which examples the shots are, not only how many
+        determining["shots_sha256"] = hashlib.sha256(prefix.encode()).hexdigest()
     store_fingerprint = fingerprint(determining)
     check_disk(out, layout)
     group, done = open_store(out, layout, store_fingerprint, state)
     mine = [s for s in range(layout.n_shards) if s % state.num_processes == state.process_index and s not in done]
     n_todo = sum(layout.shard_range(s)[1] - layout.shard_range(s)[0] for s in mine)
     progress = tqdm(total=n_todo, unit="ex", desc=f"extract {out.name}", disable=not state.is_main_process)
-    write_shards(teacher, tokens, cloze, split, group, layout, mine, config, progress)
+    write_shards(teacher, tokens, cloze, split, group, layout, mine, config, progress, pairs)
     state.wait_for_everyone()
     if state.is_main_process:
         attributes = {**store_attributes(determining, split, teacher, prompt, config, store_fingerprint),

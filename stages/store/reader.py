@@ -9,6 +9,11 @@ A store is a zarr v3 group `data/hidden/<split>.zarr`:
   MAX_CHOICES) float32, each option's summed log-likelihood as the continuation of the question without options
   (stages/modeling/cloze.py), and the same per character of the option text; NaN beyond an example's choices.
   `has_cloze` says whether they exist, `cloze` how they were made, `cloze_missing` why they are absent.
+- array `option_states` (with `extract.option_states: true`): (n_examples, n_layers, n_option_slots, d_model), the
+  hidden state of every layer at the end of each option's line in the same prompt (`option_rule: option_line_end`,
+  decoders) or of each (question, option) pair encoded as a sequence pair (`option_rule: pair_<pooling>`,
+  encoders); zeros beyond an example's options. The per-option probe reads it. `option_states_missing` says why
+  a store has none.
 - attributes: `example_ids` (store order = the split's parquet order), `layers` (teacher layer index of each
   store position; 0 is the embedding output, i is block i's output), `complete` (written last: the marker),
   and the provenance (teacher, prompt, dtype, versions, ...).
@@ -36,6 +41,7 @@ OPTION_LOGITS = "option_logits"
 CLOZE_LOGPROB = "cloze_logprob"
 CLOZE_NORM = "cloze_norm"
 CLOZE_ARRAYS = (CLOZE_LOGPROB, CLOZE_NORM)
+OPTION_STATES = "option_states"
 COMPLETE = "complete"
 
 
@@ -90,6 +96,17 @@ class HiddenStore:
     def read_layer(self, index: int) -> np.ndarray:
         """(n_examples, d_model) float32 of the layer at store position `index`: one contiguous read per shard."""
         return np.asarray(self.group[HIDDEN][:, index, :], dtype=np.float32)
+
+    def read_option_layer(self, index: int, n_slots: int) -> np.ndarray:
+        """(n_examples, n_slots, d_model) float32 option states of the layer at store position `index`, zero-padded
+        to `n_slots` option slots."""
+        if OPTION_STATES not in self.group:
+            reason = self.group.attrs.get("option_states_missing") or "it was extracted without them"
+            raise InputError(f"{self.path} has no per-option states: {reason}")
+        states = np.asarray(self.group[OPTION_STATES][:, index], dtype=np.float32)
+        padded = np.zeros((states.shape[0], n_slots, states.shape[2]), dtype=np.float32)
+        padded[:, : states.shape[1]] = states[:, :n_slots]
+        return padded
 
     def option_logits(self) -> np.ndarray | None:
         """(n_examples, MAX_CHOICES) float32 with NaN beyond each example's choices, or None (no LM head)."""

@@ -26,7 +26,7 @@ import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from stages.sources.prompts import MAX_CHOICES
-from stages.store.reader import CLOZE_ARRAYS, COMPLETE, HIDDEN, OPTION_LOGITS
+from stages.store.reader import CLOZE_ARRAYS, COMPLETE, HIDDEN, OPTION_LOGITS, OPTION_STATES
 
 log = logging.getLogger(__name__)
 DONE = "done"  # folder of per-shard markers inside the partial store (removed before the rename)
@@ -52,6 +52,7 @@ class StoreLayout:
     dtype: str  # float16 | float32
     has_option_logits: bool
     has_cloze: bool = False  # cloze_logprob and cloze_norm arrays
+    n_option_slots: int = 0  # option_states array of (n_examples, n_layers, n_option_slots, d_model); 0: none
 
     @property
     def n_shards(self) -> int:
@@ -64,7 +65,8 @@ class StoreLayout:
         """Uncompressed size on disk (float hidden states barely compress): what to check free space against."""
         item = 2 if self.dtype == "float16" else 4
         per_example = 4 * MAX_CHOICES * (int(self.has_option_logits) + len(CLOZE_ARRAYS) * int(self.has_cloze))
-        return self.n_examples * (self.n_layers * self.d_model * item + per_example)
+        states = self.n_layers * self.d_model * item * (1 + self.n_option_slots)
+        return self.n_examples * (states + per_example)
 
 
 def open_partial(path: Path, layout: Any, print_: str, create: Any = None) -> tuple[Any, set[int]]:
@@ -116,6 +118,16 @@ def add_extract_arrays(group: Any, layout: StoreLayout) -> None:
         compressors=COMPRESSORS,
         fill_value=0,
     )
+    if layout.n_option_slots:  # same chunking as `hidden`, with every option of an example in one chunk
+        group.create_array(
+            OPTION_STATES,
+            shape=(layout.n_examples, layout.n_layers, layout.n_option_slots, layout.d_model),
+            chunks=(layout.shard_examples, 1, layout.n_option_slots, layout.d_model),
+            shards=(layout.shard_examples, layout.n_layers, layout.n_option_slots, layout.d_model),
+            dtype=layout.dtype,
+            compressors=COMPRESSORS,
+            fill_value=0,
+        )
     per_option = [OPTION_LOGITS] * int(layout.has_option_logits) + list(CLOZE_ARRAYS) * int(layout.has_cloze)
     for name in per_option:  # (n_examples, MAX_CHOICES) float32, NaN beyond each example's options
         group.create_array(
@@ -137,16 +149,17 @@ def _fsync_tree(folder: Path) -> None:
 
 def write_shard(
     group: Any, layout: StoreLayout, shard: int, hidden: np.ndarray, logits: np.ndarray | None,
-    cloze: dict[str, np.ndarray] | None = None,
+    extra: dict[str, np.ndarray] | None = None,
 ) -> None:  # fmt: skip
-    """Write one whole shard (hidden states, letter logits, cloze arrays by name), then its done marker."""
+    """Write one whole shard (hidden states, letter logits, the other arrays by name: cloze, option states), then
+    its done marker."""
     start, stop = layout.shard_range(shard)
     group[HIDDEN][start:stop] = hidden
     if logits is not None:
         group[OPTION_LOGITS][start:stop] = logits
-    for name, values in (cloze or {}).items():
+    for name, values in (extra or {}).items():
         group[name][start:stop] = values
-    mark_done(group, shard, (HIDDEN, OPTION_LOGITS, *CLOZE_ARRAYS))
+    mark_done(group, shard, (HIDDEN, OPTION_LOGITS, *CLOZE_ARRAYS, OPTION_STATES))
 
 
 def mark_done(group: Any, shard: int, arrays: tuple[str, ...]) -> None:
@@ -180,11 +193,11 @@ class ShardWriter:
                     self.error = error
 
     def put(
-        self, shard: int, hidden: np.ndarray, logits: np.ndarray | None, cloze: dict[str, np.ndarray] | None = None
+        self, shard: int, hidden: np.ndarray, logits: np.ndarray | None, extra: dict[str, np.ndarray] | None = None
     ) -> None:
         if self.error is not None:
             raise self.error
-        self.queue.put((shard, hidden, logits, cloze))
+        self.queue.put((shard, hidden, logits, extra))
 
     def close(self) -> None:
         self.queue.put(None)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from stages.modeling.chat import chat_prompts
 from stages.modeling.cloze import ClozeTokens, tokenize_cloze
 from stages.sources.prompts import PromptConfig, format_prompt
 from stages.sources.schema import Split
@@ -33,11 +34,15 @@ class EncodedSplit:
         return len(self.token_ids)
 
 
-def encode_split(split: Split, tokenizer: Any, prompt: PromptConfig, cloze: bool = False) -> EncodedSplit:
+def encode_split(
+    split: Split, tokenizer: Any, prompt: PromptConfig, cloze: bool = False, prefix: str = ""
+) -> EncodedSplit:
     """The split's prompts in the student's tokenizer (the same text the teacher read, in other tokens), and with
     `cloze` its cloze sequences (prompt.cloze_template, scored like the teacher's: stages/modeling/cloze.py)."""
-    texts = [format_prompt(q, c, prompt) for q, c in zip(split.questions, split.choices, strict=True)]
-    token_ids = tokenizer(texts, add_special_tokens=True)["input_ids"]
+    texts = [prefix + format_prompt(q, c, prompt) for q, c in zip(split.questions, split.choices, strict=True)]
+    if prompt.chat_template:  # the student's own template, which holds its special tokens already
+        texts = chat_prompts(tokenizer, texts, "student")[0]
+    token_ids = tokenizer(texts, add_special_tokens=not prompt.chat_template)["input_ids"]
     sequences = (
         tokenize_cloze(tokenizer, split.questions, split.choices, prompt.cloze_template, split.ids) if cloze else None
     )

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from stages.core.errors import InputError
+from stages.modeling.chat import assistant_start
 from stages.modeling.letters import letter_token_ids
 from stages.sources.prompts import MAX_CHOICES
 from stages.student.data import pad_batch
@@ -25,8 +26,10 @@ class LetterReadout:
     letter_ids: torch.Tensor  # (MAX_CHOICES,) student token id of each option letter, on the model's device
 
     @classmethod
-    def of(cls, tokenizer: Any, device: torch.device | str = "cpu") -> LetterReadout:
-        letters, _ = letter_token_ids(tokenizer, MAX_CHOICES, "student")
+    def of(cls, tokenizer: Any, device: torch.device | str = "cpu", chat: bool = False) -> LetterReadout:
+        """With `chat`, the letters read after the student's own chat template's assistant turn."""
+        letters, _ = letter_token_ids(tokenizer, MAX_CHOICES, "student", assistant_start(tokenizer, "student") if chat
+                                      else None)  # fmt: skip
         return cls(tokenizer, torch.tensor(letters, device=device))
 
     def to(self, device: torch.device | str) -> LetterReadout:

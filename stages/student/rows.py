@@ -15,6 +15,7 @@ import numpy as np
 from stages.core.errors import InputError
 from stages.sources.prompts import PromptConfig
 from stages.sources.schema import Split, read_split
+from stages.sources.shots import SHOTS_FILE, shots_prefix
 from stages.student.config import HLDConfig, TrainPaths, TrainSetup
 from stages.student.data import EncodedSplit, encode_split
 
@@ -38,7 +39,8 @@ def load_rows(setup: TrainSetup, paths: TrainPaths, tokenizer: Any) -> TrainingR
     splits = {name: read_split(paths.prepared / f"{name}.parquet") for name in TRAINING_SPLITS}
     if splits["labeled"].n_examples == 0:
         raise InputError(f"{paths.prepared / 'labeled.parquet'}: no labeled examples to train on")
-    parts = [encode_split(splits[name], tokenizer, setup.prompt) for name in TRAINING_SPLITS]
+    prefix = shots_prefix(paths.prepared / SHOTS_FILE, setup.prompt)
+    parts = [encode_split(splits[name], tokenizer, setup.prompt, prefix=prefix) for name in TRAINING_SPLITS]
     soft_labels = read_soft_labels(setup, paths.soft_labels, splits) if setup.terms.soft_labels else None
     teacher_hidden = read_teacher_hidden(setup.hld, paths, splits) if setup.hld is not None else None
     encoded = stack(parts)
@@ -93,7 +95,8 @@ def read_teacher_hidden(hld: HLDConfig, paths: TrainPaths, splits: dict[str, Spl
 
 def load_evaluation(prepared: Path, tokenizer: Any, prompt: PromptConfig) -> dict[str, EncodedSplit]:
     """val and test in the student's tokenizer; test also as cloze sequences (the student is scored both ways)."""
+    prefix = shots_prefix(prepared / SHOTS_FILE, prompt)
     return {
-        name: encode_split(read_split(prepared / f"{name}.parquet"), tokenizer, prompt, cloze=name == "test")
+        name: encode_split(read_split(prepared / f"{name}.parquet"), tokenizer, prompt, name == "test", prefix)
         for name in EVALUATION_SPLITS
     }

@@ -58,7 +58,8 @@ def prepare_run(setup: TrainSetup, paths: TrainPaths) -> Run:
         check_prompts_fit([len(tokens) for tokens in part.token_ids], part.ids, model.config, "student")
         if part.cloze is not None:
             check_prompts_fit(part.cloze.lengths, [part.ids[i] for i in part.cloze.example], model.config, "student")
-    readout, student_layer = LetterReadout.of(tokenizer), hint_layer(model, setup.hld)
+    readout = LetterReadout.of(tokenizer, chat=setup.prompt.chat_template)
+    student_layer = hint_layer(model, setup.hld)
     accelerator = make_accelerator(setup.train, setup.hld)
     modules = build_modules(model, setup, rows)
     parameters = [p for module in modules.all for p in module.parameters() if p.requires_grad]

@@ -165,7 +165,7 @@ def prepare_examples(out: Path) -> None:
 def test_two_processes_write_the_same_bytes(tmp_path):
     code = "import sys; from pathlib import Path; from tests.sources.test_preparation import prepare_examples; "
     files = assert_same_bytes_in_two_processes(code + "prepare_examples(Path(sys.argv[1]) / 'prepared')", tmp_path)
-    assert sorted(files) == sorted(f"prepared/{name}.parquet" for name in SPLITS)
+    assert sorted(files) == sorted(f"prepared/{name}.parquet" for name in (*SPLITS, "shots"))
 
 
 def test_labeled_sweep_leaves_transfer_val_and_test_files_byte_identical(tmp_path):

@@ -42,6 +42,8 @@ def test_prompt_config_from_params_mapping():
         "option_format": "({letter}) {text}",
         "cloze_template": "{question}",
         "on_too_long": "truncate",
+        "chat_template": False,
+        "shots": 0,
     }
     assert build(PromptConfig, values, "prompt") == PromptConfig(**values)
     with pytest.raises(

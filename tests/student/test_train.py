@@ -37,6 +37,8 @@ PARAMS = {
         "option_format": "{letter}. {text}",
         "cloze_template": "{question}\nAnswer:",
         "on_too_long": "error",
+        "chat_template": False,
+        "shots": 0,
     },
     "train": {
         "steps": 4,
