@@ -35,4 +35,4 @@ def main(
     setup = read_extract_setup(load_params(f"extract@{split}", params_file))
     check_device(setup.extract.device)  # before any input is read: a machine without the device asked for
     out.parent.mkdir(parents=True, exist_ok=True)
-    run(setup, read_split(data), teacher, out, prompt_fit(data), shots)
+    run(setup, read_split(data), teacher, out, fitted=prompt_fit(data), shots=shots)

@@ -367,8 +367,9 @@ def test_a_store_larger_than_the_free_disk_space_stops_before_extracting(causal_
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))  # 1 kB free
     with pytest.raises(InputError, match=(
-        r"h.zarr: the store needs about 6.25 kB \(11 examples x 4 layers x 32 d_model, float16\) but 1 kB are "
-        r"free there; free space, store fewer layers \(extract.layers\) or use extract.dtype: float16$"
+        r"h.zarr: the store needs about 17.5 kB \(11 examples x 4 layers x 32 d_model, float16, x5 with "
+        r"extract.option_states\) but 1 kB are free there; free space, store fewer layers \(extract.layers\) or use "
+        r"extract.dtype: float16$"
     )):  # fmt: skip
         run(causal_dir, split_path, tmp_path / "h.zarr")
     assert not list(tmp_path.iterdir())  # nothing written, not even a partial store

@@ -150,10 +150,11 @@ def check_disk(out: Path, layout: StoreLayout) -> None:
     needed = layout.expected_bytes() - written
     free = shutil.disk_usage(next(p for p in (out.parent, *out.parents) if p.exists())).free
     if needed > free:
+        options = f", x{1 + layout.n_option_slots} with extract.option_states" if layout.n_option_slots else ""
         raise InputError(
             f"{out}: the store needs about {human(needed)} ({layout.n_examples} examples x {layout.n_layers} "
-            f"layers x {layout.d_model} d_model, {layout.dtype}) but {human(free)} are free there; free space, "
-            "store fewer layers (extract.layers) or use extract.dtype: float16"
+            f"layers x {layout.d_model} d_model, {layout.dtype}{options}) but {human(free)} are free there; free "
+            "space, store fewer layers (extract.layers) or use extract.dtype: float16"
         )
 
 
@@ -202,6 +203,7 @@ def run(
     split: Split,
     teacher_dir: Path,
     out: Path,
+    *,
     fitted: dict | None = None,
     shots: Path | None = None,
 ) -> None:

@@ -95,7 +95,7 @@ def test_prepare_then_extract_keep_parquet_and_store_aligned(policy, encoder_dir
     split = read_split(tmp_path / "prepared/test.parquet")
     config = ExtractConfig(batch_size=4, shard_examples=4, device="cpu")
     extract_split(ExtractSetup(PromptConfig(on_too_long=policy), config), split, encoder_dir, tmp_path / "t.zarr",
-                  notes["test"])  # fmt: skip
+                  fitted=notes["test"])  # fmt: skip
     store = HiddenStore.open(tmp_path / "t.zarr")
     assert store.example_ids == split.ids  # the store holds exactly the prepared examples, in order
     assert store.attrs["prompt_fit"] == notes["test"]

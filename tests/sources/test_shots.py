@@ -64,7 +64,7 @@ def test_teacher_and_student_read_the_shots(tmp_path):
     prompt = PromptConfig(shots=2)
     split = read_split(folder / "test.parquet")
     config = ExtractConfig(batch_size=4, shard_examples=4, device="cpu")
-    extract_split(ExtractSetup(prompt, config), split, model_dir, tmp_path / "s.zarr", folder / "shots.parquet")
+    extract_split(ExtractSetup(prompt, config), split, model_dir, tmp_path / "s.zarr", shots=folder / "shots.parquet")
     extract_split(ExtractSetup(PromptConfig(), config), split, model_dir, tmp_path / "p.zarr")
     store, plain = HiddenStore.open(tmp_path / "s.zarr"), HiddenStore.open(tmp_path / "p.zarr")
     assert store.attrs["fingerprint"] != plain.attrs["fingerprint"] and "shots_sha256" in store.attrs
