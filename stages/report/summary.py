@@ -122,15 +122,20 @@ def summarize(
     return summary
 
 
-HEADLINE = ("teacher_letter_test_acc", "teacher_cloze_test_acc", "probe_test_acc", "probe_layer", "probe_kd_pgr",
-            "diff_probe_kd_minus_logit_kd", "labels_probe_acc", "labels_teacher_acc")  # fmt: skip
+# Every readout and arm on test with its interval, each arm's PGR and the paired differences (issue 11's list); the
+# rest (cloze scores of students, NLL, ECE, label quality details, the differences' intervals) is in details.json.
+HEADLINE = ("teacher_letter_test_acc", "teacher_cloze_test_acc", "teacher_cloze_norm_test_acc", "probe_test_acc",
+            "probe_test_acc_ci_low", "probe_test_acc_ci_high", "probe_layer", "diff_probe_kd_minus_logit_kd",
+            "diff_probe_kd_minus_cloze_kd", "diff_probe_kd_minus_gold", "diff_probe_minus_best_teacher",
+            "labels_probe_acc", "labels_teacher_acc")  # fmt: skip
+ARM_HEADLINE = ("test_acc", "test_acc_ci_low", "test_acc_ci_high", "pgr", "available")
 
 
 def headline(summary: dict[str, Any], arms: list[str]) -> dict[str, Any]:
-    """The keys `dvc metrics show` / `dvc exp show` print: every arm's test accuracy (or `<arm>_available: 0`), the
-    teacher's letter and cloze readouts and the probe on test, the probe's layer, the probe-KD student's PGR and
-    its gain over logit KD, and the probe's and the teacher's label accuracy on transfer."""
-    names = [*HEADLINE, *(f"{arm}_{key}" for arm in arms for key in ("test_acc", "available"))]
+    """The keys `dvc metrics show` / `dvc exp show` print: the teacher's readouts and the probe on test, the probe's
+    layer, every arm's test accuracy with its 95% interval and PGR (or `<arm>_available: 0`), the paired
+    differences, and the probe's and the teacher's label accuracy on transfer."""
+    names = [*HEADLINE, *(f"{arm}_{key}" for arm in arms for key in ARM_HEADLINE)]
     return {name: summary[name] for name in sorted(names) if name in summary}
 
 

@@ -110,9 +110,13 @@ def test_the_files_headline_details_and_bar_charts(tmp_path: Path):
     assert json.loads((tmp_path / "data/summary/details.json").read_text()) == summary
     metrics = json.loads((tmp_path / "data/summary/metrics.json").read_text())
     assert metrics == {key: summary[key] for key in metrics}  # the headline: a subset, under the same names
-    assert set(metrics) == {f"{arm}_test_acc" for arm in ARMS} | {
-        "teacher_letter_test_acc", "teacher_cloze_test_acc", "probe_test_acc", "probe_layer", "probe_kd_pgr",
-        "diff_probe_kd_minus_logit_kd", "labels_probe_acc", "labels_teacher_acc"}  # fmt: skip
+    per_arm = {f"{arm}_{key}" for arm in ARMS for key in ("test_acc", "test_acc_ci_low", "test_acc_ci_high", "pgr")}
+    assert set(metrics) == per_arm | {
+        "teacher_letter_test_acc", "teacher_cloze_test_acc", "teacher_cloze_norm_test_acc", "probe_test_acc",
+        "probe_test_acc_ci_low", "probe_test_acc_ci_high", "probe_layer", "diff_probe_kd_minus_logit_kd",
+        "diff_probe_kd_minus_cloze_kd", "diff_probe_kd_minus_gold", "diff_probe_minus_best_teacher",
+        "labels_probe_acc", "labels_teacher_acc"}  # fmt: skip
+    assert not any(key.startswith("diff_") and "_ci_" in key for key in metrics)  # those are in details.json
     rows = (tmp_path / "data/summary/accuracy.csv").read_text().splitlines()
     assert rows[0] == "model,test_acc,ci_low,ci_high" and rows[1].startswith("gold,0.5,")
     assert [row.split(",")[0] for row in rows[1:]] == [*ARMS, "probe", "teacher_letter", "teacher_cloze",
