@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -95,3 +96,9 @@ def make_tiny_repo(repo: Path, overrides: dict | None = None) -> Path:
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "tiny pipeline"], repo)
     return repo
+
+
+def stages_run(output: str) -> set[str]:
+    """The stages a `dvc repro` / `dvc exp run` output says it ran, less the `fingerprint@<role>` stages, which run on
+    every repro by design (`always_changed`) and change nothing downstream unless a local model folder did."""
+    return set(re.findall(r"Running stage '([^']+)'", output)) - {"fingerprint@teacher", "fingerprint@student"}

@@ -6,12 +6,11 @@ metrics file; a fresh clone of the committed run (dvc.lock and the summary commi
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
 
-from tests.pipeline_repo import dvc, dvc_json, make_tiny_repo, run
+from tests.pipeline_repo import dvc, dvc_json, make_tiny_repo, run, stages_run
 
 pytestmark = pytest.mark.slow
 ARMS = ("gold", "logit_kd", "cloze_kd", "probe_kd", "hld", "oracle")
@@ -61,7 +60,7 @@ def test_the_headline_is_the_one_metrics_file(repo):
 
 def test_a_fresh_clone_has_a_baseline_for_metrics_diff(clone):
     repo, output = clone
-    ran = set(re.findall(r"Running stage '([^']+)'", output)) - {"fingerprint@teacher", "fingerprint@student"}
+    ran = stages_run(output)
     assert ran == {"label", "train@probe_kd", "summarize"}, output
     diff = dvc_json("metrics", "diff", cwd=repo)
     changed = diff["data/summary/metrics.json"]

@@ -18,11 +18,13 @@ pytestmark = pytest.mark.slow
 
 
 def test_encoder_teacher_completes_repro_with_unavailable_arms_reported(tmp_path: Path):
+    """`dvc repro summarize`: the Probe-KD pipeline; the pre-training study distils next-token logits, which an
+    encoder does not have (its `teacher_signal` says so in one line)."""
     repo = make_tiny_repo(tmp_path, {**TINY, "teacher": {"model": "data/raw/encoder"}})
     make_tiny_encoder(repo / "data/raw/encoder")
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "encoder teacher"], repo)
-    output = dvc("repro", cwd=repo)
+    output = dvc("repro", "summarize", cwd=repo)
     assert "logit_kd: unavailable, recorded as such" in output
     summary = json.loads((repo / "data/summary/metrics.json").read_text())
     assert summary["logit_kd_available"] == 0 and summary["cloze_kd_available"] == 0
@@ -35,10 +37,10 @@ def test_encoder_teacher_completes_repro_with_unavailable_arms_reported(tmp_path
     assert "has no LM head (encoder-only)" in why
     ref = json.loads((repo / "data/models/teacher/model_ref.json").read_text())
     assert ref["source"] == "data/raw/encoder" and ref["kind"] == "encoder"  # relative: valid in any clone
-    ran = set(re.findall(r"Running stage '([^']+)'", dvc("repro", cwd=repo)))
+    ran = set(re.findall(r"Running stage '([^']+)'", dvc("repro", "summarize", cwd=repo)))
     assert ran == {"fingerprint@teacher", "fingerprint@student"}  # done: the unavailable arms are cached too
     make_tiny_encoder(repo / "data/raw/encoder", seed=1)  # other weights in place, same file names
-    ran = set(re.findall(r"Running stage '([^']+)'", dvc("repro", cwd=repo)))
+    ran = set(re.findall(r"Running stage '([^']+)'", dvc("repro", "summarize", cwd=repo)))
     extracts = {f"extract@{split}" for split in ("labeled", "transfer", "val", "test")}
     assert {"models@teacher", *extracts, "probe"} <= ran and "models@student" not in ran, ran
     assert json.loads((repo / "data/models/teacher/model_ref.json").read_text())["revision"] != ref["revision"]

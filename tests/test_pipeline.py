@@ -11,12 +11,11 @@ tests/test_dvc_conventions.py.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
 
-from tests.pipeline_repo import ROOT, SMALL, dvc, dvc_json, make_tiny_repo, run
+from tests.pipeline_repo import ROOT, SMALL, dvc, dvc_json, make_tiny_repo, run, stages_run
 
 pytestmark = pytest.mark.slow
 
@@ -33,10 +32,6 @@ def repo(tmp_path_factory) -> Path:
 def summary(repo: Path) -> dict:
     """Everything the summary holds (details.json; metrics.json, the headline, is a subset of it)."""
     return json.loads((repo / "data/summary/details.json").read_text())
-
-
-def stages_run(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([^']+)'", output)) - {"fingerprint@teacher", "fingerprint@student"}
 
 
 def test_repro_tells_the_builtin_story(repo):
