@@ -167,7 +167,7 @@ def table(rows: list[Measured], spec_peak: float | None) -> list[str]:
         tflops = row.flops / row.seconds / 1e12 if row.flops else None
         cells = [
             row.name,
-            f"{row.seconds:.3f}",
+            f"{row.seconds:.3g}",
             f"{row.count / row.seconds:.4g} {row.unit}/s",
             f"{row.tokens / row.seconds:.4g}" if row.tokens else "-",
             f"{tflops:.4g}" if tflops else "-",

@@ -149,7 +149,9 @@ class LayerGatherer:
             if self.head is not None:
                 head_device = self.head.weight.device
                 letter_ids = torch.tensor(self.letter_ids, device=head_device)
-                logits = head_transform(self.model.config, self.head(last[:, 0].to(head_device))[:, letter_ids].float())
+                # the head in the model's dtype (bf16 on GPUs): the gathered states may have been upcast
+                head_input = last[:, 0].to(head_device, self.head.weight.dtype)
+                logits = head_transform(self.model.config, self.head(head_input)[:, letter_ids].float())
         gathered = torch.stack([self._gathered[layer].to(self.device) for layer in self.layers], dim=1)
         options = None  # (batch, n_layers, k, d_model) -> the option positions'
         if batch.option_position is not None:
