@@ -1,12 +1,13 @@
 """Multinomial L2 logistic probes, solved exactly in one of two formulations, preconditioned per direction.
 
-Both formulations write each (fit, layer) problem in an orthonormal basis where the data term's Hessian at the
-start (uniform probabilities) is diagonal, or close to it, times A, the (n_slots, n_slots) mean softmax
-curvature: the row space of the fit's training rows (`stages.probing.dual`, exact there) or the eigenbasis of the
-layer's covariance (`stages.probing.primal`). The change of variables Z = Yhat * (diagonal + l2)^(-1/2) in A's
-eigenbasis makes the start's Hessian (about) the identity. As the fit grows confident the curvature shrinks
-unevenly, so the diagonal is re-estimated at the current point after PRECONDITIONER_ROUNDS evaluations (L-BFGS
-restarts in the new variables): a few dozen steps instead of hundreds. Same objective, same stopping rule and
+Both formulations write each (fit, layer) problem in an orthonormal basis shared by the layer's fits, where
+the data term's Hessian at the start (uniform probabilities) is diagonal, or close to it, times A, the
+(n_slots, n_slots) mean softmax curvature: the row space of the layer's training rows (dual) or the eigenbasis
+of its covariance (primal), see `stages.probing.reduction` and `stages.probing.layer_problem`. The change of
+variables Z = Yhat * (diagonal + l2)^(-1/2) in A's eigenbasis makes the start's Hessian (about) the identity.
+As the fit grows confident the curvature shrinks unevenly, so the diagonal is re-estimated at the current point
+after PRECONDITIONER_ROUNDS evaluations (L-BFGS restarts in the new variables): a few dozen steps instead of
+hundreds. Same objective, same stopping rule and
 same optimum in both; `formulation` picks the cheaper one by shape.
 """
 
@@ -18,10 +19,9 @@ from typing import Protocol
 
 import torch
 
-from stages.probing.dual import dual_weights, row_space_problem
+from stages.probing.layer_problem import layer_problem
 from stages.probing.lbfgs import batched_lbfgs
-from stages.probing.primal import primal_problem
-from stages.probing.reduction import training_stats
+from stages.probing.reduction import layer_bases, shared_stats
 
 # L-BFGS evaluations between refreshes of the diagonal preconditioner (softmax curvature shrinks as the fit
 # becomes confident, so the start's exact preconditioner goes stale); the last round runs to max_iter.
@@ -163,38 +163,38 @@ def fit_logistic(
 ) -> dict[str, torch.Tensor]:
     """Multinomial L2 logistic probe per (training mask, layer); arguments and result as `fit_probes`.
 
-    Each problem minimises its training rows' mean cross-entropy + l2 / 2 * ||W||^2 on standardised features.
-    Stops when the gradient's 2-norm in (W, b) coordinates is below `tolerance` (stricter than sklearn's
-    largest-entry test with the same tol). `formulation`: dual, primal, or auto (`choose_formulation`).
+    Each problem minimises its training rows' mean cross-entropy + l2 / 2 * ||W||^2 on features standardised
+    with the statistics of all training rows (`stages.probing.reduction.shared_stats`). Stops when the
+    gradient's 2-norm in (W, b) coordinates is below `tolerance` (stricter than sklearn's largest-entry test
+    with the same tol). `formulation`: dual, primal, or auto (`choose_formulation`).
     """
     if formulation not in FORMULATIONS:
         raise ValueError(f"formulation={formulation!r}: expected one of {FORMULATIONS}")
-    n_layers = features.shape[0]
     n_fits, n_slots = train.shape[0], valid.shape[1]
+    rows = train.any(0).nonzero()[:, 0]
     if formulation == "auto":
-        formulation = choose_formulation(int(train.sum(1).max()), features.shape[2])
-    mean, std = training_stats(features, train)  # (n_fits, n_layers, d_model)
-    if formulation == "primal":
-        primal = primal_problem(features, answers, valid, train, mean, std, l2)
-        z, b = solve(primal, max_iter, tolerance)
-        w = primal.weights_of(z).to(features.dtype).reshape(n_fits, n_layers, -1, n_slots)
-    else:
-        dual, lifts = row_space_problem(features, answers, valid, train, mean, std, l2)
-        z, b = solve(dual, max_iter, tolerance)
-        w = dual_weights(features, train, mean, std, lifts, z)
-    return {"w": w, "b": b.reshape(n_fits, n_layers, n_slots).to(features.dtype), "mean": mean, "std": std}
+        formulation = choose_formulation(rows.numel(), features.shape[2])
+    mean, std = shared_stats(features, train)  # (n_fits, n_layers, d_model), every fit alike
+    bases = layer_bases(features, rows, mean[0], std[0], by_rows=formulation == "dual")
+    z, b = solve(layer_problem(bases, answers, valid, train, l2), max_iter, tolerance)
+    n_layers, rank = bases.features.shape[0], bases.features.shape[2]
+    per_layer = z.reshape(n_fits, n_layers, rank, n_slots).permute(1, 2, 0, 3).reshape(n_layers, rank, -1)
+    w = bases.weights(features, mean[0], std[0], per_layer).view(n_layers, -1, n_fits, n_slots).permute(2, 0, 1, 3)
+    return {
+        "w": w.to(features.dtype),
+        "b": b.reshape(n_fits, n_layers, n_slots).to(features.dtype),
+        "mean": mean,
+        "std": std,
+    }
 
 
-# The rule's crossover, measured with `benchmarks/bench_probe.py`-style fits (5 folds + refit): see the README.
-PRIMAL_SLOPE, PRIMAL_OFFSET = 0.5, 64
+def choose_formulation(n_rows: int, d_model: int) -> str:
+    """dual (the basis of each layer's row space) where the training rows are fewer than the dimensions, else
+    primal (the eigenbasis of its covariance).
 
-
-def choose_formulation(n_train: int, d_model: int) -> str:
-    """primal where the largest fit has n_train >= PRIMAL_SLOPE * d_model + PRIMAL_OFFSET training rows, else dual.
-
-    Setup dominates both at scale: the dual pays an n x n eigendecomposition and an n x n x d Gram per fit, the
-    primal one d x d eigendecomposition and two n x d x d products per layer, shared by the fits. Per-evaluation
-    overheads dominate small shapes, which the offset covers. The slot count and the number of layers scale
-    both formulations alike, so they do not enter the rule.
+    Each layer costs one Gram matrix of x (n_rows, d_model) and the eigendecomposition of it, and every evaluation
+    one product with F (n_rows, rank): the dual's Gram is n x n and its F square, the primal's d x d and its F
+    n x d. So the smaller side wins in every term, and the rule needs no measured constant
+    (`benchmarks/bench_probe.py --crossover` checks it).
     """
-    return "primal" if n_train >= PRIMAL_SLOPE * d_model + PRIMAL_OFFSET else "dual"
+    return "dual" if n_rows < d_model else "primal"

@@ -1,11 +1,17 @@
-"""Standardisation statistics and the exact row-space reduction of each fit's training matrix.
+"""Standardisation statistics, and each layer's basis, shared by all of the layer's fits.
 
-Standardisation uses each fit's training rows' mean and std. It is folded into the probe's first linear map
-(W / std and an offset) so the features are never copied once per fold; only the row-space reduction builds
-one standardised copy of a fit's training rows, one fit at a time.
+Every fit of a layer (the K folds and the refit) standardises with the same statistics: the mean and std of all
+rows some fit trains on, the labeled set. A held-out fold lends only its features' moments to them, never its
+labels, so each fold's predictions on it stay out-of-sample. The mean does not change any fit (the bias is not
+penalised and absorbs a shift); the std sets each dimension's penalty, and sharing it makes every fold's
+problem the refit's restricted to its rows: one basis per layer instead of one per fit (see `layer_bases`).
+Standardisation is folded into the probe's first linear map (W / std and an offset), so the features are only
+copied one layer at a time.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -14,119 +20,114 @@ EIGEN_FLOOR = 1e-6  # Gram eigenvalues below this fraction of the largest are fl
 
 
 def training_stats(features: torch.Tensor, train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std of each (fold, layer) over its training rows: two (n_fits, n_layers, d_model) tensors.
+    """Mean and std of each (mask, layer) over its training rows: two (n_masks, n_layers, d_model) tensors.
 
-    features: (n_layers, n_examples, d_model); train: (n_fits, n_examples) bool.
-    One pass per layer for all fits: moments of the features shifted by the layer's overall mean, so
+    features: (n_layers, n_examples, d_model); train: (n_masks, n_examples) bool.
+    One pass per layer for all masks: moments of the features shifted by the layer's overall mean, so
     E[c^2] - E[c]^2 does not cancel (LLM hidden states have offsets in the thousands, fold means differ little).
     """
-    weights = train.to(features.dtype) / train.sum(dim=1, keepdim=True)  # (n_fits, n_examples)
+    weights = train.to(features.dtype) / train.sum(dim=1, keepdim=True)  # (n_masks, n_examples)
     mean = features.new_empty(train.shape[0], *features.shape[::2])
     var = torch.empty_like(mean)
     for layer, x in enumerate(features):  # one layer at a time: temporaries stay (n_examples, d_model)
         shift = x.mean(0)
         centred = x - shift
-        shifted_mean = weights @ centred  # (n_fits, d_model)
+        shifted_mean = weights @ centred  # (n_masks, d_model)
         mean[:, layer] = shifted_mean + shift
         var[:, layer] = (weights @ centred.square_() - shifted_mean.square()).clamp_min(0.0)
     return mean, var.sqrt().clamp_min(STD_FLOOR)
 
 
-def standardised_rows(
-    features: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, rows: torch.Tensor
-) -> torch.Tensor:
-    """(n_layers, n_rows, d_model) training rows of one fit, standardised with that fit's statistics."""
-    return features.index_select(1, rows).sub_(mean[:, None, :]).div_(std[:, None, :])  # one copy, in place after
+def shared_stats(features: torch.Tensor, train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every fit's mean and std (n_fits, n_layers, d_model): those of all rows some fit trains on, repeated."""
+    mean, std = training_stats(features, train.any(0, keepdim=True))
+    return mean.expand(train.shape[0], -1, -1), std.expand(train.shape[0], -1, -1)
 
 
-def row_space(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Exact reduction of a batch of standardised training matrices x (n_layers, n_rows, d_model).
+@dataclass(frozen=True)
+class LayerBases:
+    """Each layer's standardised training rows x (n_rows, d_model) in an orthonormal basis V of their row space.
 
-    The penalty is isotropic in W and the data term sees W only through x W, so the optimum lies in the row
-    space of x: with x = U S V^T (rank r <= min(n_rows, d_model)), W = V Z and the problem in Z has features
-    U S and the same penalty ||Z||^2. Returns the reduced features U S (n_layers, n_rows, r), the squared
-    singular values (n_layers, r) (0 for dropped directions) and the map back `lift`: W = lift @ Z, given
-    either as V (n_layers, d_model, r) or, when n_rows < d_model, as U / S (n_layers, n_rows, r) to apply
-    through x^T (V itself would cost another n_rows x d_model x r product per layer).
-    Eigendecomposition of the smaller Gram matrix; directions below float32 resolution are dropped (their
-    singular values are too small to move the fit: the penalty pins those coefficients at ~0).
+    x = F V^T exactly (to the dropped directions, below float32 resolution), and a probe's weights lie in the row
+    space of its rows, so W = V Z with ||W|| = ||Z||: every fit of the layer is a problem in the coordinates Z
+    on the rows of F. By shape, V comes from the eigendecomposition of the smaller Gram matrix: x x^T (rows)
+    or x^T x (dimensions). Ranks differ by layer: every tensor is padded with zeros to the largest.
     """
-    n_rows, d_model = x.shape[1:]
-    by_rows = n_rows < d_model
-    gram = x @ x.transpose(1, 2) if by_rows else x.transpose(1, 2) @ x  # (n_layers, r, r)
-    # float64 from here: the reduced problem is solved in float64 (see `stages.probing.logistic`).
-    eigenvalues, vectors = torch.linalg.eigh(gram.double())
-    kept = eigenvalues > EIGEN_FLOOR * eigenvalues[:, -1:].clamp_min(1e-30)
-    squared = torch.where(kept, eigenvalues, torch.zeros_like(eigenvalues))
-    singular = squared.sqrt()
+
+    rows: torch.Tensor  # (n_rows,) the examples some fit trains on
+    features: torch.Tensor  # (n_layers, n_rows, rank) float32 F
+    lift: torch.Tensor  # by rows: (n_layers, n_rows, rank) U / S, applied through x^T; else V (n_layers, d_model, rank)
+    by_rows: bool
+
+    def weights(self, features: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """W = V Z (n_layers, d_model, m) on the standardised features, for coefficients z (n_layers, rank, m);
+        features, mean and std as given to `layer_bases`."""
+        coefficients = torch.bmm(self.lift, z.to(self.lift.dtype))
+        if not self.by_rows:
+            return coefficients
+        # V Z = x^T (U / S) Z with x = (features[rows] - mean) / std, without rebuilding x: the coefficients go
+        # onto all examples (0 on the others) so the features are read in place, not copied.
+        spread = coefficients.new_zeros(features.shape[0], features.shape[1], z.shape[2])
+        spread[:, self.rows] = coefficients
+        raw = transposed_times(features, spread)  # (n_layers, d_model, m)
+        return (raw - mean[..., None] * coefficients.sum(1, keepdim=True)) / std[..., None]
+
+
+def transposed_times(matrix: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """matrix (L, n, m) transposed @ columns (L, n, c) -> (L, m, c), computed as (columns^T matrix)^T.
+
+    The products of the probes are skinny (c = a few option slots per fit), bound by reading the large matrix:
+    computed transposed, it is read once in its stored layout rather than as the strided operand of
+    matrix^T @ columns; `benchmarks/bench_probe.py` times it.
+    """
+    return torch.bmm(columns.transpose(1, 2), matrix).transpose(1, 2)
+
+
+def fast_bfloat16(device: torch.device) -> bool:
+    """Whether bfloat16 matrix products run at hardware speed here (several times float32's on CPUs with
+    AVX512-BF16 or AMX, and on GPUs; emulated, and slower than float32, on other CPUs)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def gram(x: torch.Tensor, by_rows: bool) -> torch.Tensor:
+    """x x^T (by rows) or x^T x of a float32 matrix x."""
+    return x @ x.T if by_rows else x.T @ x
+
+
+def layer_basis(x: torch.Tensor, by_rows: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """F (n_rows, rank) and the lift of one layer's standardised rows x (n_rows, d_model); see `LayerBases`.
+
+    By rows, F = U S and the lift U / S come from the Gram matrix itself, which is float32. Directions whose
+    eigenvalue is below EIGEN_FLOOR of the largest are float32 noise and stay 0 (their singular values are too
+    small to move a fit: the penalty pins those coefficients at ~0). By dimensions, any orthonormal V keeps
+    the problem exact (F = x V is computed from x, all d_model directions kept), and the eigenbasis only has to
+    precondition: where bfloat16 products are fast (`fast_bfloat16`), its Gram is one bfloat16 product, about
+    4x faster than float32 on this project's CPU (`benchmarks/bench_probe.py` times the fit).
+    """
     if by_rows:
-        reduced = vectors * singular[:, None, :]  # U S
-        lift = vectors / singular.masked_fill(~kept, 1.0)[:, None, :] * kept[:, None, :]
-    else:
-        lift = vectors * kept[:, None, :]  # V
-        reduced = x.double() @ lift
-    return reduced, squared, lift
+        eigenvalues, vectors = torch.linalg.eigh(gram(x, by_rows))
+        rank = min(x.shape)  # beyond it, the eigenvalues of x x^T are 0
+        eigenvalues, vectors = eigenvalues[-rank:], vectors[:, -rank:]
+        kept = eigenvalues > EIGEN_FLOOR * eigenvalues[-1:].clamp_min(1e-30)
+        singular = eigenvalues.clamp_min(0.0).sqrt()  # x = U S V^T: V = x^T U / S is applied through x^T
+        return vectors * (singular * kept), vectors * (kept / singular.masked_fill(~kept, 1.0))
+    narrow = x.bfloat16() if fast_bfloat16(x.device) else x
+    basis = torch.linalg.eigh(gram(narrow, by_rows).float())[1]
+    return x @ basis, basis
 
 
-def reduce_fits(
-    features: torch.Tensor, train: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Row-space features of every (fit, layer) problem, padded to a common rank, and each fit's lift.
-
-    features: (n_layers, n_examples, d_model); train: (n_fits, n_examples) bool; mean, std from `training_stats`.
-    Returns the reduced features (n_fits * n_layers, n_examples, rank) float64, 0 on each fit's held-out rows
-    and beyond its own rank, and per fit the `lift` of `row_space` (leading dim n_layers).
-    """
-    n_layers, n_examples, d_model = features.shape
-    n_fits = train.shape[0]
-    rank = min(int(train.sum(dim=1).max()), d_model)
-    reduced = torch.zeros(n_fits, n_layers, n_examples, rank, dtype=torch.float64)  # held-out rows stay 0
-    lifts = []
-    for fit in range(n_fits):
-        rows = train[fit].nonzero()[:, 0]
-        x, _, lift = row_space(standardised_rows(features, mean[fit], std[fit], rows))
-        reduced[fit, :, rows, : x.shape[2]] = x
-        lifts.append(lift)
-    return reduced.reshape(n_fits * n_layers, n_examples, rank), lifts
-
-
-# Both products below are skinny (k = a few option slots) batched GEMMs, bound by reading the features from
-# memory. Computed transposed, as (k x n) @ (n x r), the features are read once in their stored layout rather
-# than as the strided operand of (n x r) @ (r x k) or (r x n) @ (n x k); `benchmarks/bench_probe.py` times it.
-def features_times(features: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
-    """features (p, n, r) float32 @ coefficients (p, r, k) float64 -> (p, n, k) float64."""
-    return torch.bmm(coefficients.float().transpose(1, 2), features.transpose(1, 2)).transpose(1, 2).double()
-
-
-def features_transposed_times(features: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    """features (p, n, r) float32 transposed @ residual (p, n, k) float64 -> (p, r, k) float64."""
-    return torch.bmm(residual.float().transpose(1, 2), features).transpose(1, 2).double()
-
-
-def lift_weights(
-    features: torch.Tensor,
-    train: torch.Tensor,
-    mean: torch.Tensor,
-    std: torch.Tensor,
-    lifts: list[torch.Tensor],
-    z: torch.Tensor,
-) -> torch.Tensor:
-    """Weights W (n_fits, n_layers, d_model, k) on the standardised features, from row-space coefficients.
-
-    The inverse of `reduce_fits`: z (n_fits, n_layers, rank, k) are the reduced problems' coefficients (only
-    each fit's own rank is read), lifts and the other arguments as given to / returned by `reduce_fits`.
-    """
-    n_layers, n_examples, d_model = features.shape
-    n_slots = z.shape[-1]
-    w = features.new_empty(z.shape[0], n_layers, d_model, n_slots)
-    for fit, lift in enumerate(lifts):
-        coefficients = (lift @ z[fit, :, : lift.shape[2]]).to(features.dtype)
-        if lift.shape[1] == d_model:  # V Z
-            w[fit] = coefficients
-        else:  # x^T (U / S) Z with x = (features[rows] - mean) / std, without rebuilding x
-            # Coefficients scattered onto all rows (0 on held-out ones): the features are read, not copied.
-            spread = coefficients.new_zeros(n_layers, n_examples, n_slots)
-            spread[:, train[fit]] = coefficients
-            raw = features_transposed_times(features, spread).to(features.dtype)  # (n_layers, d_model, k)
-            w[fit] = (raw - mean[fit][..., None] * coefficients.sum(1, keepdim=True)) / std[fit][..., None]
-    return w
+def layer_bases(
+    features: torch.Tensor, rows: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, by_rows: bool
+) -> LayerBases:
+    """The bases of every layer: features (n_layers, n_examples, d_model), rows (n_rows,) the training rows,
+    mean and std (n_layers, d_model) the shared statistics of `shared_stats`."""
+    n_layers, _, d_model = features.shape
+    rank = min(rows.numel(), d_model) if by_rows else d_model
+    reduced = features.new_zeros(n_layers, rows.numel(), rank)
+    lift = features.new_zeros(n_layers, rows.numel() if by_rows else d_model, rank)
+    for layer in range(n_layers):  # one standardised copy of one layer's rows at a time
+        x = features[layer].index_select(0, rows).sub_(mean[layer]).div_(std[layer])
+        reduced[layer], lift[layer] = layer_basis(x, by_rows)
+    return LayerBases(rows=rows, features=reduced, lift=lift, by_rows=by_rows)
