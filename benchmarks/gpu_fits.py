@@ -44,7 +44,7 @@ def time_probes(n_layers: int, d_model: int, n_train: int, sklearn_layers: int, 
     gap = np.max(objective(measured, train_y, ours) / objective(measured, train_y, sk_weights) - 1)
     n_fits = (N_FOLDS + 1) * n_layers
     shape = f"{n_layers} x {d_model}, n={n_train}"
-    path = choose_formulation(int(masks.sum(1).max()), d_model)
+    path = choose_formulation(n_train, d_model)
     return [
         Measured(
             f"probe fit, torch on {device.type}",

@@ -7,7 +7,7 @@ import torch
 
 from stages.probing.lbfgs import batched_lbfgs
 from stages.probing.logits import masked_cross_entropy, probe_logits
-from stages.probing.reduction import training_stats
+from stages.probing.reduction import shared_stats
 
 MLP_HIDDEN = 64  # small on purpose: labeled sets are tens to hundreds of examples
 PENALISED = ("w", "w_out")  # weights carry the L2 penalty, biases do not
@@ -42,7 +42,7 @@ def fit_mlp(
     """
     n_layers, _, d_model = features.shape
     n_fits = train.shape[0]
-    mean, std = training_stats(features, train)
+    mean, std = shared_stats(features, train)
     params = init_mlp_params(n_fits, n_layers, d_model, valid.shape[1], seed)
     weights = train.to(features.dtype) / train.sum(dim=1, keepdim=True)  # (n_fits, n_examples)
     names, shapes = list(params), [tensor.shape[2:] for tensor in params.values()]

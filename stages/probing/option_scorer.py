@@ -23,13 +23,15 @@ from stages.probing.reduction import training_stats
 
 
 def option_stats(features: torch.Tensor, valid: torch.Tensor, train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std (n_fits, n_layers, d_model) over the options of each fit's training questions.
+    """Mean and std (n_fits, n_layers, d_model) over the options of all training questions, the same for every
+    fit (as `stages.probing.reduction.shared_stats`).
 
     features: (n_layers, n_examples, n_slots, d_model); valid: (n_examples, n_slots); train: (n_fits, n_examples).
     """
     n_layers, n_examples, n_slots, d_model = features.shape
-    rows = (train[:, :, None] & valid[None]).reshape(train.shape[0], n_examples * n_slots)  # (n_fits, n * slots)
-    return training_stats(features.reshape(n_layers, n_examples * n_slots, d_model), rows)
+    rows = (train.any(0)[:, None] & valid).reshape(1, n_examples * n_slots)
+    mean, std = training_stats(features.reshape(n_layers, n_examples * n_slots, d_model), rows)
+    return mean.expand(train.shape[0], -1, -1), std.expand(train.shape[0], -1, -1)
 
 
 def fit_option_scorer(
