@@ -103,21 +103,22 @@ def descent_direction(
     Two-loop recursion over the stored pairs (a row's empty pairs have no effect); 0 for inactive rows. A row
     whose direction is not downhill has lost its curvature information and falls back to steepest descent.
     """
+    # In-place updates throughout: the vectors are (n_problems, n_params), and this runs once per evaluation.
     q, alphas = gradient.clone(), []
     for s, y, rho in reversed(pairs):
         alpha = rho * torch.linalg.vecdot(s, q)
-        q -= alpha[:, None] * y
+        q.addcmul_(y, alpha[:, None], value=-1.0)
         alphas.append(alpha)
     scale = first_scale  # initial inverse-Hessian scale: from the newest pair, where it has curvature
     if pairs:
         s, y, rho = pairs[-1]
-        scale = torch.where(rho > 0, torch.linalg.vecdot(s, y) / torch.linalg.vecdot(y, y).clamp_min(1e-30), scale)
-    direction = scale[:, None] * q
+        scale = torch.where(rho > 0, 1.0 / (rho * torch.linalg.vecdot(y, y)).clamp_min(1e-300), scale)
+    direction = q.mul_(-scale[:, None] * active[:, None])  # negated: the loop below adds -s * coefficient
     for (s, y, rho), alpha in zip(pairs, reversed(alphas), strict=True):
-        direction += s * (alpha - rho * torch.linalg.vecdot(y, direction))[:, None]
-    direction = -direction * active[:, None]
-    slope = (gradient * direction).sum(1)
+        direction.addcmul_(s, (rho * torch.linalg.vecdot(y, direction) + alpha * active)[:, None], value=-1.0)
+    slope = torch.linalg.vecdot(gradient, direction)
     uphill = slope >= 0
-    direction = torch.where(uphill[:, None], -gradient * active[:, None], direction)
-    slope = torch.where(uphill, -(gradient**2).sum(1) * active, slope)
+    if uphill.any():
+        direction = torch.where(uphill[:, None], -gradient * active[:, None], direction)
+        slope = torch.where(uphill, -torch.linalg.vecdot(gradient, gradient) * active, slope)
     return direction, slope

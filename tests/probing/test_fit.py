@@ -166,12 +166,41 @@ def test_the_two_formulations_agree(n_examples, d_model):
 
 
 @pytest.mark.parametrize(
-    "n_train, d_model, expected",
-    [(64, 96, "dual"), (256, 96, "primal"), (512, 4096, "dual"), (256, 1024, "dual"), (1024, 1024, "primal")],
+    "n_rows, d_model, expected",
+    [(64, 96, "dual"), (95, 96, "dual"), (96, 96, "primal"), (512, 4096, "dual"), (2048, 1024, "primal")],
 )
-def test_automatic_choice_of_formulation(n_train, d_model, expected):
-    """The rule as stated: primal from n_train >= d_model / 2 + 64 (the builtin default, 64 x 96, stays dual)."""
-    assert choose_formulation(n_train, d_model) == expected
+def test_automatic_choice_of_formulation(n_rows, d_model, expected):
+    """The rule as stated: the smaller Gram matrix, dual while the training rows are fewer than the dimensions."""
+    assert choose_formulation(n_rows, d_model) == expected
+
+
+@pytest.mark.parametrize("kind", ["logistic", "mlp"])
+def test_every_fit_standardises_with_all_training_rows(kind):
+    """Folds and refit share the statistics of every row some fit trains on (here all of them)."""
+    features, answers = fold_problem(60, 8)
+    valid = torch.ones(60, 3, dtype=torch.bool)
+    train = fold_masks(torch.arange(60) % 3, 3)
+    params = fit_probes(features, answers, valid, train, FitSettings(kind=kind, l2=1e-2, max_iter=50))
+    mean, std = training_stats(features, torch.ones(1, 60, dtype=torch.bool))
+    torch.testing.assert_close(params["mean"], mean.expand(4, -1, -1))
+    torch.testing.assert_close(params["std"], std.expand(4, -1, -1))
+
+
+@pytest.mark.parametrize("formulation", ["dual", "primal"])
+def test_a_fold_never_sees_its_held_out_labels(formulation):
+    """The held-out rows lend their features' moments to the shared standardisation, never their answers: a
+    fold's probe is the same whatever answers its held-out rows carry."""
+    features, answers = fold_problem(60, 90 if formulation == "dual" else 8)
+    valid = torch.ones(60, 3, dtype=torch.bool)
+    fold_of = torch.arange(60) % 3
+    train = fold_masks(fold_of, 3)
+    settings = FitSettings(l2=1e-2, tolerance=1e-7, formulation=formulation)
+    shuffled = answers.clone()
+    shuffled[fold_of == 0] = (answers[fold_of == 0] + 1) % 3  # every answer of fold 0 changed
+    first, second = (fit_probes(features, a, valid, train, settings) for a in (answers, shuffled))
+    for name in ("w", "b"):
+        torch.testing.assert_close(first[name][0], second[name][0], atol=1e-6, rtol=0)
+        assert not torch.allclose(first[name][1], second[name][1], atol=1e-3)  # fold 1 trains on them
 
 
 @pytest.mark.parametrize("n_examples, d_model, expected", [(40, 120, "dual"), (160, 12, "primal")])
