@@ -9,9 +9,10 @@ Objective of one (fold, layer) problem, on that fold's training rows:
     mean cross-entropy + l2 / 2 * ||W||^2   (biases unpenalised)
 which is scikit-learn's multinomial LogisticRegression with C = 1 / (n_train * l2).
 
-The public entry points live here; the solvers in `logistic` (exact, in each fit's row space, `dual`, or in
-each layer's eigenbasis, `primal`, picked by shape) and `mlp`, the standardisation and row-space reduction in
-`reduction`, the forward pass and loss in `logits`.
+Every fit of a layer standardises with the statistics of all training rows (`reduction.shared_stats`).
+The public entry points live here; the solvers in `logistic` (exact, in a basis each layer's fits share: its
+row space, `dual`, or its covariance's eigenbasis, `primal`, picked by shape) and `mlp`, the standardisation
+and the layers' bases in `reduction`, the forward pass and loss in `logits`.
 """
 
 from __future__ import annotations
