@@ -49,7 +49,7 @@ def batched_lbfgs(
     x: torch.Tensor,
     max_iter: int,
     tolerance: float,
-    history: int = 10,
+    history: int = 5,
     stationarity: Callable[[torch.Tensor], torch.Tensor] = largest_entry,
     unit_first_step: bool = False,
 ) -> torch.Tensor:

@@ -135,7 +135,9 @@ def layer_bases(
     rank = min(rows.numel(), d_model) if by_rows else d_model
     reduced = features.new_zeros(n_layers, rows.numel(), rank)
     lift = features.new_zeros(n_layers, rows.numel() if by_rows else d_model, rank)
+    every_row = rows.numel() == features.shape[1]  # the probe stage's case: only labeled rows are passed
     for layer in range(n_layers):  # one standardised copy of one layer's rows at a time
-        x = features[layer].index_select(0, rows).sub_(mean[layer]).div_(std[layer])
+        x = features[layer] if every_row else features[layer].index_select(0, rows)
+        x = torch.addcmul(-mean[layer] / std[layer], x, 1.0 / std[layer])  # (x - mean) / std in one pass
         reduced[layer], lift[layer] = layer_basis(x, by_rows)
     return LayerBases(rows=rows, features=reduced, lift=lift, by_rows=by_rows)
