@@ -13,6 +13,7 @@ every iteration has one, and the batch paid about twice the evaluations any sing
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -44,29 +45,43 @@ def curvature_pair(s: torch.Tensor, y: torch.Tensor, rows: torch.Tensor) -> Pair
     return s, y, rho
 
 
+@dataclass(frozen=True)
+class State:
+    """Where a run stopped, to go on from: the point, its per-row losses and gradients, the curvature pairs."""
+
+    x: torch.Tensor
+    loss: torch.Tensor
+    gradient: torch.Tensor
+    pairs: list[Pair]
+
+
 def batched_lbfgs(
     objective: Objective,
-    x: torch.Tensor,
+    x: torch.Tensor | State,
     max_iter: int,
     tolerance: float,
     history: int = 5,
     stationarity: Callable[[torch.Tensor], torch.Tensor] = largest_entry,
     unit_first_step: bool = False,
-) -> torch.Tensor:
+) -> State:
     """L-BFGS run independently for each row of x (n_problems, n_params), all rows in the same tensor ops.
 
     Each problem has its own curvature pairs and its own backtracking (Armijo) step, so an easy layer does
     not wait on a hard one's step size; converged problems stop moving, and each row follows the path it
     would follow alone. `objective(x)` returns per-row losses (n_problems,) and gradients (n_problems,
     n_params); a row stops once `stationarity(gradient)` <= tolerance. `max_iter` counts evaluations (trial
-    steps). `unit_first_step`: the variables are preconditioned (Hessian ~ identity), so the first step is
-    the full negative gradient. Deterministic: no randomness, fixed operation order.
+    steps). x may be the `State` a previous run returned (its memory and gradients carried over, no first
+    evaluation). `unit_first_step`: the variables are preconditioned (Hessian ~ identity), so the first step
+    is the full negative gradient. Deterministic: no randomness, fixed operation order.
     """
-    loss, gradient = objective(x)
+    if isinstance(x, State):
+        x, loss, gradient, pairs = x.x, x.loss, x.gradient, x.pairs
+    else:
+        loss, gradient = objective(x)
+        pairs = []
     # Initial inverse-Hessian scale, used while a row has no curvature pair. Without preconditioning:
     # unit-length first step, the line search shortens it when needed.
     first_scale = torch.ones_like(loss) if unit_first_step else 1.0 / gradient.norm(dim=1).clamp_min(1.0)
-    pairs: list[Pair] = []
     active = stationarity(gradient) > tolerance
     direction, slope = descent_direction(gradient, pairs, first_scale, active)
     step = torch.ones_like(loss)
@@ -92,7 +107,7 @@ def batched_lbfgs(
         new_direction, new_slope = descent_direction(gradient, pairs, first_scale, active & accepted)
         direction = torch.where(accepted[:, None], new_direction, direction)  # a rejected row retries its own
         slope = torch.where(accepted, new_slope, slope)
-    return x
+    return State(x, loss, gradient, pairs)
 
 
 def descent_direction(

@@ -6,8 +6,8 @@ the data term's Hessian at the start (uniform probabilities) is diagonal, or clo
 of its covariance (primal), see `stages.probing.reduction` and `stages.probing.layer_problem`. The change of
 variables Z = Yhat * (diagonal + l2)^(-1/2) in A's eigenbasis makes the start's Hessian (about) the identity.
 As the fit grows confident the curvature shrinks unevenly, so the diagonal is re-estimated at the current point
-after PRECONDITIONER_ROUNDS evaluations (L-BFGS restarts in the new variables): a few dozen steps instead of
-hundreds. Same objective, same stopping rule and
+after PRECONDITIONER_ROUNDS evaluations (L-BFGS goes on in the new variables, its memory mapped into them): a
+few dozen steps instead of hundreds. Same objective, same stopping rule and
 same optimum in both; `formulation` picks the cheaper one by shape.
 """
 
@@ -20,12 +20,13 @@ from typing import Protocol
 import torch
 
 from stages.probing.layer_problem import layer_problem
-from stages.probing.lbfgs import batched_lbfgs
+from stages.probing.lbfgs import State, batched_lbfgs, curvature_pair
 from stages.probing.reduction import layer_bases, shared_stats
 
 # L-BFGS evaluations between refreshes of the diagonal preconditioner (softmax curvature shrinks as the fit
-# becomes confident, so the start's exact preconditioner goes stale); the last round runs to max_iter.
-PRECONDITIONER_ROUNDS = (10, 20, 1_000_000)
+# becomes confident, so the start's exact preconditioner goes stale); the last round runs to max_iter. Without
+# refreshes the benchmark's fits hit 500 evaluations; with these, 22-41 (`benchmarks/bench_probe.py` shapes).
+PRECONDITIONER_ROUNDS = (4, 8, 1_000_000)
 FORMULATIONS = ("auto", "dual", "primal")
 
 
@@ -108,10 +109,35 @@ class Preconditioned:
         b = ((flat[:, size_w:] * self.scale_b)[:, None, :] @ self.rotation.transpose(1, 2))[:, 0]
         return z, b
 
+    def covector(self, grad_z: torch.Tensor, grad_b: torch.Tensor) -> torch.Tensor:
+        """A gradient in (z, b), (n_problems, rank, k) and (n_problems, k), in these variables, flat."""
+        return self.rotate(grad_z, grad_b) * self.scale
+
+    def uncovector(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inverse of `covector` (0 along frozen directions, where gradients in these variables are 0)."""
+        size_w = self.scale_w.shape[1] * self.scale_w.shape[2]
+        flat = flat / self.scale.masked_fill(self.scale == 0, 1.0)
+        z = flat[:, :size_w].reshape(-1, *self.scale_w.shape[1:]) @ self.rotation.transpose(1, 2)
+        b = (flat[:, size_w:, None].transpose(1, 2) @ self.rotation.transpose(1, 2))[:, 0]
+        return z, b
+
+    def carry(self, state: State, into: Preconditioned) -> State:
+        """The L-BFGS state of a run in these variables, in the variables `into`: the point and its steps map as
+        vectors, gradients and their changes as covectors, so every pair keeps its curvature s . y."""
+
+        def vector(flat: torch.Tensor) -> torch.Tensor:
+            return into.pack(*self.unpack(flat))
+
+        def covector(flat: torch.Tensor) -> torch.Tensor:
+            return into.covector(*self.uncovector(flat))
+
+        pairs = [curvature_pair(vector(s), covector(y), rho > 0) for s, y, rho in state.pairs]
+        return State(vector(state.x), state.loss, covector(state.gradient), pairs)
+
     def objective(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-problem loss (n_problems,) and its gradient in these variables (n_problems, rank * k + k)."""
         loss, grad_z, grad_b = self.problem.loss_and_gradient(*self.unpack(flat))
-        return loss, self.rotate(grad_z, grad_b) * self.scale
+        return loss, self.covector(grad_z, grad_b)
 
     def stationarity(self, gradient: torch.Tensor) -> torch.Tensor:
         """Norm of the gradient in the original (W, b) coordinates: bounds sklearn's largest-entry `tol`."""
@@ -121,8 +147,10 @@ class Preconditioned:
 def solve(problem: Problem, max_iter: int, tolerance: float) -> tuple[torch.Tensor, torch.Tensor]:
     """z (n_problems, rank, k) and b (n_problems, k) minimising each problem, from zero.
 
-    L-BFGS in preconditioned variables, restarted with a preconditioner refreshed at the current point after
-    each of PRECONDITIONER_ROUNDS; `max_iter` bounds the evaluations of all rounds together.
+    L-BFGS in preconditioned variables, the preconditioner refreshed at the current point after each of
+    PRECONDITIONER_ROUNDS; the run goes on in the new variables with its curvature pairs mapped into them (the
+    change of variables is linear), so a refresh costs no evaluation and loses no memory. `max_iter` bounds the
+    evaluations of all rounds together.
     """
     n_problems, rank = problem.shape
     valid = ~problem.invalid
@@ -130,24 +158,22 @@ def solve(problem: Problem, max_iter: int, tolerance: float) -> tuple[torch.Tens
     z = torch.zeros(n_problems, rank, n_slots, dtype=torch.float64)
     b = torch.zeros(n_problems, n_slots, dtype=torch.float64)
     probs = (valid.double() / valid.sum(1, keepdim=True)).expand(n_problems, -1, -1)  # uniform at the start
+    variables = Preconditioned.at(problem, probs)
+    state: torch.Tensor | State = variables.pack(z, b)
     done = 0
     for budget in PRECONDITIONER_ROUNDS:
         budget = min(budget, max_iter - done)
-        variables = Preconditioned.at(problem, probs)
-        solution = batched_lbfgs(
-            variables.objective,
-            variables.pack(z, b),
-            budget,
-            tolerance,
-            stationarity=variables.stationarity,
-            unit_first_step=True,
+        state = batched_lbfgs(
+            variables.objective, state, budget, tolerance, stationarity=variables.stationarity, unit_first_step=True
         )
-        z, b = variables.unpack(solution)
         done += budget
         if done >= max_iter:
             break
-        probs = torch.softmax(problem.logits(z, b), dim=-1)  # where the next round's preconditioner is estimated
-    return z, b
+        z, b = variables.unpack(state.x)
+        refreshed = Preconditioned.at(problem, torch.softmax(problem.logits(z, b), dim=-1))
+        state = variables.carry(state, refreshed)
+        variables = refreshed
+    return variables.unpack(state.x if isinstance(state, State) else state)
 
 
 def fit_logistic(

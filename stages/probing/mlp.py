@@ -67,5 +67,5 @@ def fit_mlp(
         return loss.detach(), gradient
 
     start = torch.cat([tensor.reshape(n_fits * n_layers, -1) for tensor in params.values()], dim=1)
-    solution = batched_lbfgs(objective, start, max_iter, tolerance)
+    solution = batched_lbfgs(objective, start, max_iter, tolerance).x
     return {**unflatten(solution), "mean": mean, "std": std}

@@ -63,5 +63,5 @@ def fit_option_scorer(
         return loss.reshape(-1), gradient.reshape(n_fits * n_layers, d_model)
 
     start = torch.zeros(n_fits * n_layers, d_model, dtype=torch.float64)
-    solution = batched_lbfgs(objective, start, max_iter, tolerance)
+    solution = batched_lbfgs(objective, start, max_iter, tolerance).x
     return {"w": solution.reshape(n_fits, n_layers, d_model).to(features.dtype), "mean": mean, "std": std}

@@ -63,7 +63,7 @@ def test_independent_problems_each_reach_their_own_optimum():
 
     # A tolerance below what the solver resolves: it also stops a row once its loss moves by < 1e-9, so each row
     # ends at a loss gap of about that size. Hence the checks on gap, distance and gradient, not on `tolerance`.
-    solution = batched_lbfgs(objective, start, max_iter=1000, tolerance=1e-8)
+    solution = batched_lbfgs(objective, start, max_iter=1000, tolerance=1e-8).x
 
     loss, gradient = objective(solution)
     assert torch.equal(solution[n_quadratic - 1], optima[-1])  # never moved
@@ -74,7 +74,7 @@ def test_independent_problems_each_reach_their_own_optimum():
     for row in range(n_quadratic):
         alone = batched_lbfgs(
             quadratic_objective(hessians[row : row + 1], optima[row : row + 1]), start[row : row + 1], 1000, 1e-8
-        )
+        ).x
         torch.testing.assert_close(solution[row : row + 1], alone, rtol=0, atol=1e-12)
 
 
@@ -85,9 +85,9 @@ def test_unit_first_step_takes_the_full_negative_gradient():
     objective = quadratic_objective(hessians, optima)
     start = torch.zeros(2, N_PARAMS, dtype=torch.float64)
 
-    unit = batched_lbfgs(objective, start, max_iter=1, tolerance=1e-8, unit_first_step=True)
+    unit = batched_lbfgs(objective, start, max_iter=1, tolerance=1e-8, unit_first_step=True).x
     torch.testing.assert_close(unit, optima, rtol=0, atol=1e-12)
-    default = batched_lbfgs(objective, start, max_iter=1, tolerance=1e-8)
+    default = batched_lbfgs(objective, start, max_iter=1, tolerance=1e-8).x
     torch.testing.assert_close(default.norm(dim=1), torch.ones(2, dtype=torch.float64))
 
 
@@ -100,6 +100,6 @@ def test_stationarity_measure_decides_which_rows_stop():
     def stationarity(gradient):
         return gradient.norm(dim=1) * first_row_ignored
 
-    solution = batched_lbfgs(quadratic_objective(hessians, optima), start, 1000, 1e-6, stationarity=stationarity)
+    solution = batched_lbfgs(quadratic_objective(hessians, optima), start, 1000, 1e-6, stationarity=stationarity).x
     assert torch.equal(solution[0], start[0])
     torch.testing.assert_close(solution[1], optima[1], rtol=0, atol=1e-4)
