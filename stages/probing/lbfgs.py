@@ -75,7 +75,8 @@ def batched_lbfgs(
     is the full negative gradient. Deterministic: no randomness, fixed operation order.
     """
     if isinstance(x, State):
-        x, loss, gradient, pairs = x.x, x.loss, x.gradient, x.pairs
+        state = x
+        x, loss, gradient, pairs = state.x, state.loss, state.gradient, state.pairs
     else:
         loss, gradient = objective(x)
         pairs = []
