@@ -7,8 +7,8 @@ of its covariance (primal), see `stages.probing.reduction` and `stages.probing.l
 variables Z = Yhat * (diagonal + l2)^(-1/2) in A's eigenbasis makes the start's Hessian (about) the identity.
 As the fit grows confident the curvature shrinks unevenly, so the diagonal is re-estimated at the current point
 after PRECONDITIONER_ROUNDS evaluations (L-BFGS goes on in the new variables, its memory mapped into them): a
-few dozen steps instead of hundreds. Same objective, same stopping rule and
-same optimum in both; `formulation` picks the cheaper one by shape.
+few dozen steps instead of hundreds. Same objective, same stopping rule and same optimum in both; `formulation`
+picks the cheaper one by shape.
 """
 
 from __future__ import annotations
@@ -159,21 +159,20 @@ def solve(problem: Problem, max_iter: int, tolerance: float) -> tuple[torch.Tens
     b = torch.zeros(n_problems, n_slots, dtype=torch.float64)
     probs = (valid.double() / valid.sum(1, keepdim=True)).expand(n_problems, -1, -1)  # uniform at the start
     variables = Preconditioned.at(problem, probs)
-    state: torch.Tensor | State = variables.pack(z, b)
+    start: torch.Tensor | State = variables.pack(z, b)
     done = 0
     for budget in PRECONDITIONER_ROUNDS:
         budget = min(budget, max_iter - done)
         state = batched_lbfgs(
-            variables.objective, state, budget, tolerance, stationarity=variables.stationarity, unit_first_step=True
+            variables.objective, start, budget, tolerance, stationarity=variables.stationarity, unit_first_step=True
         )
         done += budget
+        z, b = variables.unpack(state.x)
         if done >= max_iter:
             break
-        z, b = variables.unpack(state.x)
         refreshed = Preconditioned.at(problem, torch.softmax(problem.logits(z, b), dim=-1))
-        state = variables.carry(state, refreshed)
-        variables = refreshed
-    return variables.unpack(state.x if isinstance(state, State) else state)
+        start, variables = variables.carry(state, refreshed), refreshed
+    return z, b
 
 
 def fit_logistic(

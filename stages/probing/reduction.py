@@ -89,7 +89,10 @@ def fast_bfloat16(device: torch.device) -> bool:
     AVX512-BF16 or AMX, and on GPUs; emulated, and slower than float32, on other CPUs)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    # oneDNN's own check (a private op, absent from builds without oneDNN, where bf16 is emulated anyway)
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def gram(x: torch.Tensor, by_rows: bool) -> torch.Tensor:
