@@ -34,7 +34,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
-from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's `stages`, not an installed one
 from stages.probing.fit import FitSettings, fit_probes, fold_masks, predict  # noqa: E402
@@ -118,17 +117,15 @@ def fit_torch(train_x, train_y, test_x, tolerance: float, threads: int, formulat
     """Seconds, per-(fit, layer) weights (w, b) and the refits' test predictions (n_layers, n_test)."""
     torch.set_num_threads(threads)
     valid = torch.ones(train_x.shape[1], N_SLOTS, dtype=torch.bool)
-    # The BLAS threads were pinned to 1 at import for sklearn; the fit's own BLAS call (syrk) gets torch's count.
-    with threadpool_limits(limits=threads, user_api="blas"):
-        start = clock(threads)
-        params = fit_probes(
-            torch.from_numpy(train_x),
-            torch.from_numpy(train_y),
-            valid,
-            torch.from_numpy(train_masks(len(train_y))),
-            FitSettings(l2=L2, tolerance=tolerance, formulation=formulation),
-        )
-        seconds = clock(threads) - start
+    start = clock(threads)
+    params = fit_probes(
+        torch.from_numpy(train_x),
+        torch.from_numpy(train_y),
+        valid,
+        torch.from_numpy(train_masks(len(train_y))),
+        FitSettings(l2=L2, tolerance=tolerance, formulation=formulation),
+    )
+    seconds = clock(threads) - start
     refit = {name: tensor[N_FOLDS] for name, tensor in params.items()}
     predictions = predict(refit, torch.from_numpy(test_x), torch.ones(test_x.shape[1], N_SLOTS, dtype=torch.bool))
     return seconds, (params["w"].double().numpy(), params["b"].double().numpy()), predictions.argmax(-1).numpy()
