@@ -15,6 +15,7 @@ evaluation and are memory-bound: float32 there.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -56,30 +57,46 @@ class LayerProblem:
         """The inverse of `by_layer`: (n_layers, m, n_fits, k) -> (n_problems, m, k) float64."""
         return per_layer.permute(2, 0, 1, 3).reshape(self.shape[0], *per_layer.shape[1:2], -1).double()
 
+    @cached_property
+    def invalid_by_slot(self) -> torch.Tensor:
+        """(k, n_rows): `invalid` in the evaluation's layout, slots before rows."""
+        return self.invalid.T.contiguous()
+
+    @cached_property
+    def gold_by_slot(self) -> torch.Tensor:
+        """(k, n_rows): `gold` in the evaluation's layout."""
+        return self.gold.T.contiguous()
+
     def layer_logits(self, z: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """(n_layers, n_rows, n_fits, k) float64, -inf on invalid slots."""
+        """(n_layers, n_fits, k, n_rows) float64, -inf on invalid slots.
+
+        Slots before rows, the layout of the product computed transposed, (k x r) @ (r x n): F is read in its
+        stored layout (measured 1.3x faster) and every reduction over the slots is element by element
+        (`cross_entropy_and_residual`)."""
         per_layer = self.by_layer(z)
         n_layers, _, n_fits, k = per_layer.shape
-        # computed transposed, (k x r) @ (r x n): F is read in its stored layout (measured 1.3x faster)
-        products = torch.bmm(per_layer.flatten(2).transpose(1, 2), self.features.transpose(1, 2)).transpose(1, 2)
-        products = products.reshape(n_layers, -1, n_fits, k).double()
+        products = torch.bmm(per_layer.flatten(2).transpose(1, 2), self.features.transpose(1, 2))
+        products = products.view(n_layers, n_fits, k, -1).double()
         bias = b.view(n_fits, n_layers, k).transpose(0, 1)
-        return (products + bias[:, None]).masked_fill_(self.invalid[None, :, None], float("-inf"))
+        return (products + bias[..., None]).masked_fill_(self.invalid_by_slot, float("-inf"))
 
     def logits(self, z: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """(n_problems, n_rows, k) float64, -inf on invalid slots; z (n_problems, rank, k), b (n_problems, k)."""
-        return self.by_problem(self.layer_logits(z, b))
+        per_layer = self.layer_logits(z, b)
+        return per_layer.permute(1, 0, 3, 2).reshape(self.shape[0], -1, per_layer.shape[2])
 
     def loss_and_gradient(self, z: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-problem mean CE + l2 / 2 * ||Z||^2 (n_problems,) and its gradients in z and in b."""
-        n_layers, n_fits = self.features.shape[0], self.n_fits
-        cross_entropy, residual = cross_entropy_and_residual(self.layer_logits(z, b), self.gold[None, :, None])
-        weights = self.weights.view(n_fits, n_layers, -1).permute(1, 2, 0)  # (n_layers, n_rows, n_fits)
-        loss = (cross_entropy * weights).sum(1).T.reshape(-1) + self.l2 / 2 * (z**2).sum((1, 2))
-        residual *= weights[..., None]  # dCE/dlogits of the weighted mean, (n_layers, n_rows, n_fits, k)
-        grad_z = transposed_times(self.features, residual.float().flatten(2)).view(n_layers, -1, n_fits, z.shape[2])
-        grad_b = residual.sum(1).transpose(0, 1).reshape(-1, z.shape[2])
-        return loss, self.by_problem(grad_z) + self.l2 * z, grad_b
+        n_problems, rank = self.shape
+        n_layers, n_fits, k = self.features.shape[0], self.n_fits, z.shape[2]
+        cross_entropy, residual = cross_entropy_and_residual(self.layer_logits(z, b), self.gold_by_slot, dim=-2)
+        weights = self.weights.view(n_fits, n_layers, -1).transpose(0, 1)  # (n_layers, n_fits, n_rows)
+        loss = (cross_entropy * weights).sum(-1).T.reshape(-1) + self.l2 / 2 * (z**2).sum((1, 2))
+        residual *= weights[:, :, None]  # dCE/dlogits of the weighted mean, (n_layers, n_fits, k, n_rows)
+        grad_z = torch.bmm(residual.float().flatten(1, 2), self.features)  # (n_layers, n_fits * k, rank)
+        grad_z = grad_z.view(n_layers, n_fits, k, rank).permute(1, 0, 3, 2).reshape(n_problems, rank, k)
+        grad_b = residual.sum(-1).transpose(0, 1).reshape(-1, k)
+        return loss, grad_z.double() + self.l2 * z, grad_b
 
     def curvature_diagonal(self, along: torch.Tensor) -> torch.Tensor:
         """(n_problems, rank, k): the data term's Hessian diagonal, given each example's weighted curvature along

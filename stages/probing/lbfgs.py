@@ -34,13 +34,20 @@ def largest_entry(gradient: torch.Tensor) -> torch.Tensor:
     return gradient.abs().amax(1)
 
 
+def row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-row dot products of two (n_problems, n_params) tensors. torch.linalg.vecdot is 2.4x slower than this
+    product and sum at the probes' (198, 2052) float64 (0.46 ms against 0.19 on one thread), and the two-loop
+    takes a dozen of them per evaluation."""
+    return (a * b).sum(-1)
+
+
 # (s, y, rho) of one evaluation, each with a leading n_problems dim: step, gradient change, 1 / (s . y) or 0.
 Pair = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def curvature_pair(s: torch.Tensor, y: torch.Tensor, rows: torch.Tensor) -> Pair:
     """The pair of one evaluation; rho = 0 (no effect) where a row did not move or the curvature is not positive."""
-    curvature = torch.linalg.vecdot(s, y)
+    curvature = row_dot(s, y)
     rho = torch.where(rows & (curvature > 1e-10), 1.0 / curvature.clamp_min(1e-10), torch.zeros_like(curvature))
     return s, y, rho
 
@@ -92,7 +99,7 @@ def batched_lbfgs(
         trial = x + step[:, None] * direction
         trial_loss, trial_gradient = objective(trial)
         flat = trial_loss <= loss + LOSS_NOISE * loss.abs()
-        not_past = torch.linalg.vecdot(trial_gradient, direction) <= -OVERSHOOT * slope
+        not_past = row_dot(trial_gradient, direction) <= -OVERSHOOT * slope
         decreased = active & (trial_loss <= loss + ARMIJO * step * slope)
         accepted = decreased | (active & flat & not_past)
         # A rejected row's pair is empty (rho = 0): it shortens that row's memory, exactly as if it ran alone.
@@ -122,19 +129,19 @@ def descent_direction(
     # In-place updates throughout: the vectors are (n_problems, n_params), and this runs once per evaluation.
     q, alphas = gradient.clone(), []
     for s, y, rho in reversed(pairs):
-        alpha = rho * torch.linalg.vecdot(s, q)
+        alpha = rho * row_dot(s, q)
         q.addcmul_(y, alpha[:, None], value=-1.0)
         alphas.append(alpha)
     scale = first_scale  # initial inverse-Hessian scale: from the newest pair, where it has curvature
     if pairs:
         s, y, rho = pairs[-1]
-        scale = torch.where(rho > 0, 1.0 / (rho * torch.linalg.vecdot(y, y)).clamp_min(1e-300), scale)
+        scale = torch.where(rho > 0, 1.0 / (rho * row_dot(y, y)).clamp_min(1e-300), scale)
     direction = q.mul_(-scale[:, None] * active[:, None])  # negated: the loop below adds -s * coefficient
     for (s, y, rho), alpha in zip(pairs, reversed(alphas), strict=True):
-        direction.addcmul_(s, (rho * torch.linalg.vecdot(y, direction) + alpha * active)[:, None], value=-1.0)
-    slope = torch.linalg.vecdot(gradient, direction)
+        direction.addcmul_(s, (rho * row_dot(y, direction) + alpha * active)[:, None], value=-1.0)
+    slope = row_dot(gradient, direction)
     uphill = slope >= 0
     if uphill.any():
         direction = torch.where(uphill[:, None], -gradient * active[:, None], direction)
-        slope = torch.where(uphill, -torch.linalg.vecdot(gradient, gradient) * active, slope)
+        slope = torch.where(uphill, -row_dot(gradient, gradient) * active, slope)
     return direction, slope

@@ -43,15 +43,20 @@ def masked_cross_entropy(logits: torch.Tensor, answers: torch.Tensor, weights: t
     return -(gold * weights[:, None, :]).sum(-1)  # (n_fits, n_layers)
 
 
-def cross_entropy_and_residual(logits: torch.Tensor, gold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row cross-entropy (..., n) and its gradient in the logits, softmax - one-hot (..., n, k).
+def cross_entropy_and_residual(
+    logits: torch.Tensor, gold: torch.Tensor, dim: int = -1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row cross-entropy (logits' shape without `dim`) and its gradient in the logits, softmax - one-hot.
 
-    logits (..., n, k) with -inf on invalid slots; gold (n, k) one-hot. Written out rather than log_softmax: with
-    k a handful of slots torch's log_softmax over the last dim is about twice as slow as these few passes.
+    logits with the option slots along `dim`, -inf on invalid slots; gold one-hot, broadcastable to logits. Written
+    out rather than log_softmax: with k a handful of slots torch's log_softmax over the last dim is about twice as
+    slow as these few passes. Slots on a leading dim (`dim=-2`, rows last) are about twice as fast again: every
+    reduction over the slots is then k contiguous slabs combined element by element (measured 7.9 ms against
+    4.6 at (33, 512, 6, 4) float64).
     """
-    top = logits.amax(-1, keepdim=True)
+    top = logits.amax(dim, keepdim=True)
     exp = (logits - top).exp_()
-    total = exp.sum(-1, keepdim=True)
-    gold_logit = logits.masked_fill(gold == 0, 0.0).sum(-1)  # -inf * 0 would be NaN on invalid slots
-    cross_entropy = (total.log() + top)[..., 0] - gold_logit
+    total = exp.sum(dim, keepdim=True)
+    gold_logit = logits.masked_fill(gold == 0, 0.0).sum(dim)  # -inf * 0 would be NaN on invalid slots
+    cross_entropy = (total.log() + top).squeeze(dim) - gold_logit
     return cross_entropy, exp.div_(total).sub_(gold)
