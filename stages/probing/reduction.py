@@ -11,12 +11,12 @@ copied one layer at a time.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
 from scipy.linalg import blas
-from threadpoolctl import ThreadpoolController
+
+from stages.probing.cpu_threads import for_each_layer, one_blas_thread
 
 STD_FLOOR = 1e-6  # constant features (e.g. the embedding of the shared last prompt token) standardise to 0
 EIGEN_FLOOR = 1e-6  # Gram eigenvalues below this fraction of the largest are float32 noise: direction dropped
@@ -101,23 +101,14 @@ def gram(x: torch.Tensor, by_rows: bool) -> torch.Tensor:
     """x x^T (by rows) or x^T x; only its upper triangle is read (`torch.linalg.eigh(..., UPLO="U")`).
 
     On one thread (torch's count), BLAS syrk computes that triangle alone: half the flops of the full product,
-    measured 2x faster at 512 x 4096 (the transpose is a Fortran-ordered view, nothing is copied). It runs on one
-    BLAS thread too: scipy's OpenBLAS keeps its own pool, whose threads spin for a while after each call and,
-    beside torch's, made the whole two-thread fit 1.8x slower than torch's own product (measured at
-    33 x 4096 x 512). On more threads torch's product, parallel in torch's own pool, is as fast on two cores
-    and faster on more.
+    measured 2x faster at 512 x 4096 (the transpose is a Fortran-ordered view, nothing is copied), on one BLAS
+    thread (`stages.probing.cpu_threads`). On more threads, torch's product in torch's own pool.
     """
     if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and torch.get_num_threads() == 1:
         syrk = blas.ssyrk if x.dtype == torch.float32 else blas.dsyrk
-        with _blas_pools().limit(limits=1, user_api="blas"):
+        with one_blas_thread():
             return torch.from_numpy(syrk(1.0, x.numpy().T, trans=int(by_rows)))
     return x @ x.T if by_rows else x.T @ x
-
-
-@functools.cache
-def _blas_pools() -> ThreadpoolController:
-    """The BLAS thread pools loaded in this process, found once (threadpoolctl's lookup takes ~1.5 ms)."""
-    return ThreadpoolController()
 
 
 def layer_basis(x: torch.Tensor, by_rows: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,8 +143,11 @@ def layer_bases(
     reduced = features.new_zeros(n_layers, rows.numel(), rank)
     lift = features.new_zeros(n_layers, rows.numel() if by_rows else d_model, rank)
     every_row = rows.numel() == features.shape[1]  # the probe stage's case: only labeled rows are passed
-    for layer in range(n_layers):  # one standardised copy of one layer's rows at a time
+
+    def basis(layer: int) -> None:  # one standardised copy of one layer's rows per thread at a time
         x = features[layer] if every_row else features[layer].index_select(0, rows)
         x = torch.addcmul(-mean[layer] / std[layer], x, 1.0 / std[layer])  # (x - mean) / std in one pass
         reduced[layer], lift[layer] = layer_basis(x, by_rows)
+
+    for_each_layer(basis, n_layers, features.device)
     return LayerBases(rows=rows, features=reduced, lift=lift, by_rows=by_rows)
