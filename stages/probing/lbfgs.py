@@ -96,7 +96,7 @@ def batched_lbfgs(
     for _ in range(max_iter):
         if not active.any():
             break
-        trial = x + step[:, None] * direction
+        trial = torch.addcmul(x, step[:, None], direction)
         trial_loss, trial_gradient = objective(trial)
         flat = trial_loss <= loss + LOSS_NOISE * loss.abs()
         not_past = row_dot(trial_gradient, direction) <= -OVERSHOOT * slope

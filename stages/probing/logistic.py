@@ -94,13 +94,18 @@ class Preconditioned:
         """(n_problems, rank * k + k): both scales, in the flat variables' order."""
         return torch.cat([self.scale_w.flatten(1), self.scale_b], dim=1)
 
+    @cached_property
+    def inverse_scale(self) -> torch.Tensor:
+        """1 / scale, 0 on frozen directions (computed once: the stopping test divides by it every evaluation)."""
+        return self.scale.reciprocal().masked_fill_(self.scale == 0, 0.0)
+
     def rotate(self, z: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """(n_problems, rank * k + k): z (n_problems, rank, k) and b (n_problems, k) in the slot eigenbasis, flat."""
         return torch.cat([(z @ self.rotation).flatten(1), (b[:, None, :] @ self.rotation)[:, 0]], dim=1)
 
     def pack(self, z: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """The point (z, b) in these variables (0 along directions the preconditioner freezes)."""
-        return self.rotate(z, b) / self.scale.masked_fill(self.scale == 0, 1.0) * (self.scale > 0)
+        return self.rotate(z, b) * self.inverse_scale
 
     def unpack(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """z (n_problems, rank, k) and b (n_problems, k) of flat variables (n_problems, rank * k + k)."""
@@ -116,7 +121,7 @@ class Preconditioned:
     def uncovector(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The inverse of `covector` (0 along frozen directions, where gradients in these variables are 0)."""
         size_w = self.scale_w.shape[1] * self.scale_w.shape[2]
-        flat = flat / self.scale.masked_fill(self.scale == 0, 1.0)
+        flat = flat * self.inverse_scale
         z = flat[:, :size_w].reshape(-1, *self.scale_w.shape[1:]) @ self.rotation.transpose(1, 2)
         b = (flat[:, size_w:, None].transpose(1, 2) @ self.rotation.transpose(1, 2))[:, 0]
         return z, b
@@ -141,7 +146,7 @@ class Preconditioned:
 
     def stationarity(self, gradient: torch.Tensor) -> torch.Tensor:
         """Norm of the gradient in the original (W, b) coordinates: bounds sklearn's largest-entry `tol`."""
-        return (gradient / self.scale.masked_fill(self.scale == 0, 1.0)).norm(dim=1)
+        return (gradient * self.inverse_scale).norm(dim=1)
 
 
 def solve(problem: Problem, max_iter: int, tolerance: float) -> tuple[torch.Tensor, torch.Tensor]:
