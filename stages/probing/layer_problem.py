@@ -9,7 +9,7 @@ which the preconditioner of `stages.probing.logistic` turns into about the ident
 
 float64 for the coefficients and everything after the products: near a separable optimum the float32 loss is
 too coarse for the line search to tell steps apart. The products read (n_rows, rank) per layer every
-evaluation and are memory-bound: float32 there.
+evaluation and are most of its flops (measured near one core's float32 peak): float32 there.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from stages.probing.reduction import LayerBases, transposed_times
 @dataclass(frozen=True)
 class LayerProblem:
     """Problem p = fit * n_layers + layer. The solver's tensors are per problem, (n_problems, ...); the
-    evaluation works per layer, (n_layers, ..., n_fits, k), where a layer's fits are the columns of one product."""
+    evaluation works per layer, (n_layers, n_fits, k, n_rows), where a layer's fits are the rows of one product
+    (`by_layer` and `by_problem` convert coefficients, (n_layers, m, n_fits, k))."""
 
     features: torch.Tensor  # (n_layers, n_rows, rank) float32 F, 0 beyond each layer's rank
     squares: torch.Tensor  # F**2, for the diagonal preconditioner
