@@ -14,7 +14,7 @@ evaluation and are most of its flops (measured near one core's float32 peak): fl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import torch
@@ -30,11 +30,15 @@ class LayerProblem:
     (`by_layer` and `by_problem` convert coefficients, (n_layers, m, n_fits, k))."""
 
     features: torch.Tensor  # (n_layers, n_rows, rank) float32 F, 0 beyond each layer's rank
-    squares: torch.Tensor  # F**2, for the diagonal preconditioner
     weights: torch.Tensor  # (n_problems, n_rows) float64: 1 / n_train on the fit's training rows, 0 elsewhere
     gold: torch.Tensor  # (n_rows, k) float64 one-hot answers
     invalid: torch.Tensor  # (n_rows, k) bool: slots an example does not have
     l2: float
+
+    @cached_property
+    def squares(self) -> torch.Tensor:
+        """F**2, for the diagonal preconditioner."""
+        return self.features**2
 
     @property
     def n_fits(self) -> int:
@@ -49,6 +53,19 @@ class LayerProblem:
     def active(self) -> torch.Tensor:
         """(n_problems, rank) bool: directions inside the layer's rank (the rest is padding, kept at 0)."""
         return (self.squares.amax(1) > 0).repeat(self.n_fits, 1)
+
+    def covering(self, problems: torch.Tensor) -> tuple[LayerProblem, torch.Tensor, torch.Tensor]:
+        """The problems of the layers some of `problems` (indices) belong to: that problem (its layers' every fit:
+        they share the layer's products), its problems as indices into these, and where `problems` are in it."""
+        n_layers = self.features.shape[0]
+        layers = torch.unique(problems % n_layers)  # sorted, so `covered` is too
+        covered = (torch.arange(self.n_fits, device=layers.device)[:, None] * n_layers + layers).flatten()
+        weights = self.weights.view(self.n_fits, n_layers, -1)[:, layers].flatten(0, 1)
+        return (
+            replace(self, features=self.features[layers], weights=weights),
+            covered,
+            torch.searchsorted(covered, problems),
+        )
 
     def by_layer(self, per_problem: torch.Tensor) -> torch.Tensor:
         """(n_problems, m, k) -> (n_layers, m, n_fits, k) float32."""
@@ -116,7 +133,6 @@ def layer_problem(bases: LayerBases, answers: torch.Tensor, valid: torch.Tensor,
     rows_answers = answers[bases.rows]
     return LayerProblem(
         features=bases.features,
-        squares=bases.features**2,
         weights=weights,
         gold=torch.nn.functional.one_hot(rows_answers, valid.shape[1]).double(),
         invalid=~valid[bases.rows],

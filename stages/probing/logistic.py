@@ -20,7 +20,7 @@ from typing import Protocol
 import torch
 
 from stages.probing.layer_problem import layer_problem
-from stages.probing.lbfgs import State, batched_lbfgs, curvature_pair
+from stages.probing.lbfgs import Objective, State, Stationarity, batched_lbfgs, curvature_pair
 from stages.probing.reduction import layer_bases, shared_stats
 
 # L-BFGS evaluations between refreshes of the diagonal preconditioner (softmax curvature shrinks as the fit
@@ -43,6 +43,7 @@ class Problem(Protocol):
     def shape(self) -> tuple[int, int]: ...  # (n_problems, rank)
     @property
     def active(self) -> torch.Tensor: ...  # (n_problems, rank) bool: directions that may move
+    def covering(self, problems: torch.Tensor) -> tuple[Problem, torch.Tensor, torch.Tensor]: ...
     def logits(self, z: torch.Tensor, b: torch.Tensor) -> torch.Tensor: ...
     def loss_and_gradient(
         self, z: torch.Tensor, b: torch.Tensor
@@ -157,6 +158,21 @@ class Preconditioned:
         """Norm of the gradient in the original (W, b) coordinates: bounds sklearn's largest-entry `tol`."""
         return (gradient * self.inverse_scale).norm(dim=1)
 
+    def restricted(self, problems: torch.Tensor) -> tuple[Objective, Stationarity]:
+        """`objective` and `stationarity` of some problems alone (indices; `batched_lbfgs`'s `restrict`): evaluated
+        on their layers only, the layers' other fits at 0 alongside (they share the layer's products)."""
+        problem, covered, position = self.problem.covering(problems)
+        inner = Preconditioned(problem, self.rotation[covered], self.scale_w[covered], self.scale_b[covered])
+
+        def objective(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            loss, gradient = inner.objective(
+                flat.new_zeros(covered.numel(), flat.shape[1]).index_copy_(0, position, flat)
+            )
+            return loss[position], gradient[position]
+
+        inverse_scale = self.inverse_scale[problems]
+        return objective, lambda gradient: (gradient * inverse_scale).norm(dim=1)
+
 
 def solve(problem: Problem, max_iter: int, tolerance: float) -> tuple[torch.Tensor, torch.Tensor]:
     """z (n_problems, rank, k) and b (n_problems, k) minimising each problem, from zero.
@@ -178,7 +194,13 @@ def solve(problem: Problem, max_iter: int, tolerance: float) -> tuple[torch.Tens
     for budget in PRECONDITIONER_ROUNDS:
         budget = min(budget, max_iter - done)
         state = batched_lbfgs(
-            variables.objective, start, budget, tolerance, stationarity=variables.stationarity, unit_first_step=True
+            variables.objective,
+            start,
+            budget,
+            tolerance,
+            stationarity=variables.stationarity,
+            unit_first_step=True,
+            restrict=variables.restricted,
         )
         done += budget
         z, b = variables.unpack(state.x)

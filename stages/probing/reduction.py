@@ -97,21 +97,23 @@ def fast_bfloat16(device: torch.device) -> bool:
     return torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
-def gram(x: torch.Tensor, by_rows: bool) -> torch.Tensor:
+def gram(x: torch.Tensor, by_rows: bool, syrk: bool) -> torch.Tensor:
     """x x^T (by rows) or x^T x; only its upper triangle is read (`torch.linalg.eigh(..., UPLO="U")`).
 
-    On one thread (torch's count), BLAS syrk computes that triangle alone: half the flops of the full product,
-    measured 2x faster at 512 x 4096 (the transpose is a Fortran-ordered view, nothing is copied), on one BLAS
-    thread (`stages.probing.cpu_threads`). On more threads, torch's product in torch's own pool.
+    syrk: BLAS syrk computes that triangle alone, half the flops of the full product: measured 1.7x faster at
+    512 x 4096 on one thread (the transpose is a Fortran-ordered view, nothing is copied), on one BLAS thread
+    (`stages.probing.cpu_threads`). Only where it is the process's one BLAS call at a time: scipy's OpenBLAS
+    runs concurrent calls one after another (33 layers' syrk side by side on two threads took 429 ms, as long
+    as in a row, against 359 ms for torch's products side by side). Else torch's product.
     """
-    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and torch.get_num_threads() == 1:
-        syrk = blas.ssyrk if x.dtype == torch.float32 else blas.dsyrk
+    if syrk and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        routine = blas.ssyrk if x.dtype == torch.float32 else blas.dsyrk
         with one_blas_thread():
-            return torch.from_numpy(syrk(1.0, x.numpy().T, trans=int(by_rows)))
+            return torch.from_numpy(routine(1.0, x.numpy().T, trans=int(by_rows)))
     return x @ x.T if by_rows else x.T @ x
 
 
-def layer_basis(x: torch.Tensor, by_rows: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def layer_basis(x: torch.Tensor, by_rows: bool, syrk: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """F (n_rows, rank) and the lift of one layer's standardised rows x (n_rows, d_model); see `LayerBases`.
 
     By rows, F = U S and the lift U / S come from the Gram matrix itself, which is float32. Directions whose
@@ -119,17 +121,17 @@ def layer_basis(x: torch.Tensor, by_rows: bool) -> tuple[torch.Tensor, torch.Ten
     small to move a fit: the penalty pins those coefficients at ~0). By dimensions, any orthonormal V keeps
     the problem exact (F = x V is computed from x, all d_model directions kept), and the eigenbasis only has to
     precondition: where bfloat16 products are fast (`fast_bfloat16`), its Gram is one bfloat16 product, about
-    2x faster than syrk on this project's CPU (`benchmarks/bench_probe.py` times the fit).
+    2x faster than syrk on this project's CPU (`benchmarks/bench_probe.py` times the fit). syrk: see `gram`.
     """
     if by_rows:
-        eigenvalues, vectors = torch.linalg.eigh(gram(x, by_rows), UPLO="U")
+        eigenvalues, vectors = torch.linalg.eigh(gram(x, by_rows, syrk), UPLO="U")
         rank = min(x.shape)  # beyond it, the eigenvalues of x x^T are 0
         eigenvalues, vectors = eigenvalues[-rank:], vectors[:, -rank:]
         kept = eigenvalues > EIGEN_FLOOR * eigenvalues[-1:].clamp_min(1e-30)
         singular = eigenvalues.clamp_min(0.0).sqrt()  # x = U S V^T: V = x^T U / S is applied through x^T
         return vectors * (singular * kept), vectors * (kept / singular.masked_fill(~kept, 1.0))
     narrow = x.bfloat16() if fast_bfloat16(x.device) else x
-    basis = torch.linalg.eigh(gram(narrow, by_rows).float(), UPLO="U")[1]
+    basis = torch.linalg.eigh(gram(narrow, by_rows, syrk).float(), UPLO="U")[1]
     return x @ basis, basis
 
 
@@ -143,11 +145,12 @@ def layer_bases(
     reduced = features.new_zeros(n_layers, rows.numel(), rank)
     lift = features.new_zeros(n_layers, rows.numel() if by_rows else d_model, rank)
     every_row = rows.numel() == features.shape[1]  # the probe stage's case: only labeled rows are passed
+    syrk = torch.get_num_threads() == 1  # else the layers run side by side (`for_each_layer`), see `gram`
 
     def basis(layer: int) -> None:  # one standardised copy of one layer's rows per thread at a time
         x = features[layer] if every_row else features[layer].index_select(0, rows)
         x = torch.addcmul(-mean[layer] / std[layer], x, 1.0 / std[layer])  # (x - mean) / std in one pass
-        reduced[layer], lift[layer] = layer_basis(x, by_rows)
+        reduced[layer], lift[layer] = layer_basis(x, by_rows, syrk)
 
     for_each_layer(basis, n_layers, features.device)
     return LayerBases(rows=rows, features=reduced, lift=lift, by_rows=by_rows)

@@ -103,3 +103,26 @@ def test_stationarity_measure_decides_which_rows_stop():
     solution = batched_lbfgs(quadratic_objective(hessians, optima), start, 1000, 1e-6, stationarity=stationarity).x
     assert torch.equal(solution[0], start[0])
     torch.testing.assert_close(solution[1], optima[1], rtol=0, atol=1e-4)
+
+
+def test_rows_set_aside_once_stopped_change_no_row_path():
+    """With a restriction, rows that stopped are set aside (later evaluations see only the others), and every row
+    ends where it ends riding along; the set-aside rows are written back as they stopped."""
+    hessians, optima = quadratics([1.0, 1.0, 1.0, 1e2, 1e4, 1e4], seed=2)  # three stop early, three go on
+    full = quadratic_objective(hessians, optima)
+    start = torch.zeros(len(optima), N_PARAMS, dtype=torch.float64)
+    evaluated = []
+
+    def restrict(rows):
+        evaluated.append(rows.tolist())
+        objective = quadratic_objective(hessians[rows], optima[rows])
+        return objective, lambda gradient: gradient.abs().amax(1)
+
+    riding = batched_lbfgs(full, start, max_iter=300, tolerance=1e-8)
+    set_aside = batched_lbfgs(full, start, max_iter=300, tolerance=1e-8, restrict=restrict)
+    assert evaluated and all(len(rows) <= 3 for rows in evaluated)  # the well-conditioned rows left first
+    assert {0, 1, 2}.isdisjoint(evaluated[-1])
+    torch.testing.assert_close(set_aside.x, riding.x, rtol=0, atol=1e-12)
+    torch.testing.assert_close(set_aside.loss, riding.loss, rtol=0, atol=1e-15)
+    torch.testing.assert_close(set_aside.gradient, riding.gradient, rtol=0, atol=1e-12)
+    assert len(set_aside.pairs) == 5
