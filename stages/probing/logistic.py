@@ -31,7 +31,8 @@ FORMULATIONS = ("auto", "dual", "primal")
 
 
 class Problem(Protocol):
-    """What the solver needs of a formulation: every (fit, layer) problem, coefficients z (rank, k) and b (k)."""
+    """What the solver needs of a formulation: every (fit, layer) problem, coefficients c (k, rank + 1), the
+    last column the bias (`stages.probing.layer_problem`)."""
 
     @property
     def weights(self) -> torch.Tensor: ...  # (n_problems, n_rows) float64: 1 / n_train on training rows, else 0
@@ -40,24 +41,21 @@ class Problem(Protocol):
     @property
     def l2(self) -> float: ...
     @property
-    def shape(self) -> tuple[int, int]: ...  # (n_problems, rank)
+    def shape(self) -> tuple[int, int, int]: ...  # (n_problems, k, rank + 1)
     @property
-    def active(self) -> torch.Tensor: ...  # (n_problems, rank) bool: directions that may move
+    def active(self) -> torch.Tensor: ...  # (n_problems, rank + 1) bool: directions that may move
     def covering(self, problems: torch.Tensor) -> tuple[Problem, torch.Tensor, torch.Tensor]: ...
-    def logits(self, z: torch.Tensor, b: torch.Tensor) -> torch.Tensor: ...
-    def loss_and_gradient(
-        self, z: torch.Tensor, b: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+    def logits(self, c: torch.Tensor) -> torch.Tensor: ...
+    def loss_and_gradient(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
     def curvature_diagonal(self, along: torch.Tensor) -> torch.Tensor: ...
 
 
-def preconditioner(probs: torch.Tensor, problem: Problem):
+def preconditioner(probs: torch.Tensor, problem: Problem) -> tuple[torch.Tensor, torch.Tensor]:
     """Diagonal Hessian estimate of every problem at the current probabilities, in the mean curvature's basis.
 
-    probs: (n_problems, n_rows, k). Returns the slot rotation (n_problems, k, k) and the scales
-    (n_problems, rank, k), (n_problems, k): Z = (Yhat * scale) rotation^T.
-    At uniform probabilities this is the exact Hessian of the row-space problem (U is orthonormal on the
-    training rows), and of the primal refit.
+    probs: (n_problems, n_rows, k). Returns the slot rotation R (n_problems, k, k) and the scale s (n_problems,
+    k, rank + 1): c = R (yhat * s). At uniform probabilities this is the exact Hessian of the row-space problem
+    (U is orthonormal on the training rows), and of the primal refit.
     """
     weights = problem.weights
     curvature = torch.diag_embed(probs) - probs[..., :, None] * probs[..., None, :]  # (n_problems, n, k, k)
@@ -65,25 +63,25 @@ def preconditioner(probs: torch.Tensor, problem: Problem):
     slot_curvature, rotation = torch.linalg.eigh(mean_curvature)  # (n_problems, k), (n_problems, k, k)
     # Each example's curvature along each rotated slot direction, weighted by its squared reduced features.
     along = torch.einsum("pnij,pim,pjm->pnm", curvature, rotation, rotation)  # (n_problems, n, k)
-    diagonal = problem.curvature_diagonal(along * weights[..., None])  # (n_problems, rank, k)
-    scale_w = (diagonal + problem.l2).rsqrt() * problem.active[:, :, None]  # dropped directions stay 0
-    flat_direction = slot_curvature <= 1e-6 * slot_curvature[:, -1:].clamp_min(1e-30)  # shifts softmax ignores
-    scale_b = slot_curvature.clamp_min(1e-30).rsqrt().masked_fill(flat_direction, 0.0)
-    return rotation, scale_w, scale_b
+    diagonal = problem.curvature_diagonal(along * weights[..., None])  # (n_problems, k, rank + 1)
+    scale = (diagonal + problem.l2).rsqrt() * problem.active[:, None, :]  # dropped directions stay 0
+    # The bias (unpenalised): its curvature is the slot curvature itself, 0 along shifts the softmax ignores.
+    flat_direction = slot_curvature <= 1e-6 * slot_curvature[:, -1:].clamp_min(1e-30)
+    scale[..., -1] = slot_curvature.clamp_min(1e-30).rsqrt().masked_fill(flat_direction, 0.0)
+    return rotation, scale
 
 
 @dataclass(frozen=True)
 class Preconditioned:
-    """The reduced problems in one round's preconditioned variables: Z = (Yhat * scale_w) rotation^T, likewise b.
+    """The reduced problems in one round's preconditioned variables yhat: c = R (yhat * s), per problem.
 
-    Flat variables per problem (what `batched_lbfgs` moves): Yhat (rank * k) then the bias part (k).
-    Its bound methods `objective` and `stationarity` are what the solver calls.
+    Flat variables per problem (what `batched_lbfgs` moves): yhat (k, rank + 1), flattened. Its bound methods
+    `objective`, `stationarity` and `restricted` are what the solver calls.
     """
 
     problem: Problem
-    rotation: torch.Tensor  # (n_problems, k, k): eigenbasis of the mean softmax curvature
-    scale_w: torch.Tensor  # (n_problems, rank, k), 0 on dropped directions
-    scale_b: torch.Tensor  # (n_problems, k), 0 on shifts the softmax ignores
+    rotation: torch.Tensor  # (n_problems, k, k) R: eigenbasis of the mean softmax curvature
+    scale: torch.Tensor  # (n_problems, k, rank + 1) s, 0 on dropped directions and shifts the softmax ignores
 
     @classmethod
     def at(cls, problem: Problem, probs: torch.Tensor) -> Preconditioned:
@@ -91,57 +89,36 @@ class Preconditioned:
         return cls(problem, *preconditioner(probs, problem))
 
     @cached_property
-    def scale(self) -> torch.Tensor:
-        """(n_problems, rank * k + k): both scales, in the flat variables' order."""
-        return torch.cat([self.scale_w.flatten(1), self.scale_b], dim=1)
-
-    @cached_property
     def inverse_scale(self) -> torch.Tensor:
-        """1 / scale, 0 on frozen directions (computed once: the stopping test divides by it every evaluation)."""
+        """1 / s, 0 on frozen directions (computed once: the stopping test divides by it every evaluation)."""
         return self.scale.reciprocal().masked_fill_(self.scale == 0, 0.0)
 
-    def rotate(self, z: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """(n_problems, rank * k + k): z (n_problems, rank, k) and b (n_problems, k) in the slot eigenbasis, flat."""
-        return torch.cat([(z @ self.rotation).flatten(1), (b[:, None, :] @ self.rotation)[:, 0]], dim=1)
+    def pack(self, c: torch.Tensor) -> torch.Tensor:
+        """The coefficients c (n_problems, k, rank + 1) in these variables (0 along frozen directions), flat."""
+        return (self.rotation.transpose(1, 2) @ c * self.inverse_scale).flatten(1)
 
-    def pack(self, z: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """The point (z, b) in these variables (0 along directions the preconditioner freezes)."""
-        return self.rotate(z, b) * self.inverse_scale
+    def unpack(self, flat: torch.Tensor) -> torch.Tensor:
+        """The coefficients c (n_problems, k, rank + 1) of flat variables."""
+        return self.rotation @ (flat.view(self.scale.shape) * self.scale)
 
-    def unpack(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """z (n_problems, rank, k) and b (n_problems, k) of flat variables (n_problems, rank * k + k)."""
-        size_w = self.scale_w.shape[1] * self.scale_w.shape[2]
-        z = (flat[:, :size_w].reshape(-1, *self.scale_w.shape[1:]) * self.scale_w) @ self.rotation.transpose(1, 2)
-        b = ((flat[:, size_w:] * self.scale_b)[:, None, :] @ self.rotation.transpose(1, 2))[:, 0]
-        return z, b
-
-    def covector(self, grad_z: torch.Tensor, grad_b: torch.Tensor) -> torch.Tensor:
-        """A gradient in (z, b), (n_problems, rank, k) and (n_problems, k), in these variables, flat."""
-        return self.rotate(grad_z, grad_b) * self.scale
-
-    def uncovector(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The inverse of `covector` (0 along frozen directions, where gradients in these variables are 0)."""
-        size_w = self.scale_w.shape[1] * self.scale_w.shape[2]
-        flat = flat * self.inverse_scale
-        z = flat[:, :size_w].reshape(-1, *self.scale_w.shape[1:]) @ self.rotation.transpose(1, 2)
-        b = (flat[:, size_w:, None].transpose(1, 2) @ self.rotation.transpose(1, 2))[:, 0]
-        return z, b
+    def covector(self, gradient: torch.Tensor) -> torch.Tensor:
+        """A gradient in c (n_problems, k, rank + 1) in these variables, flat: s * (R^T gradient)."""
+        return (self.rotation.transpose(1, 2) @ gradient * self.scale).flatten(1)
 
     def carry(self, state: State, into: Preconditioned) -> State:
         """The L-BFGS state of a run in these variables, in the variables `into`: the point and its steps map as
         vectors, gradients and their changes as covectors, so every pair keeps its curvature s . y.
 
-        Both maps composed, for all of the run's vectors at once: the flat variables are (rank + 1, k) per problem
-        (the bias the last row, rotated and scaled like the others), so a vector maps as
-        ((v * scale) R^T R') / scale' and a covector as ((g / scale) R^T R') * scale', one product per problem
-        for all of them (mapping each through unpack and pack was 10% of a small fit's solve)."""
-        n_problems, size = state.x.shape
-        shape = (n_problems, -1, self.rotation.shape[1])  # (n_problems, (rank + 1) * n_vectors, k)
-        composed = self.rotation.transpose(1, 2) @ into.rotation  # (n_problems, k, k)
+        Both maps composed, for all of the run's vectors at once: a vector maps as (R'^T R (yhat * s)) / s' and a
+        covector as (R'^T R (g / s)) * s', one product per problem for all of them (mapping each through unpack
+        and pack was 10% of a small fit's solve)."""
+        n_problems, k, columns = self.scale.shape
+        composed = into.rotation.transpose(1, 2) @ self.rotation  # (n_problems, k, k)
 
         def mapped(flats: list[torch.Tensor], before: torch.Tensor, after: torch.Tensor) -> list[torch.Tensor]:
-            stacked = torch.stack([flat * before for flat in flats], dim=1).view(shape) @ composed
-            return list((stacked.view(n_problems, len(flats), size) * after[:, None]).unbind(1))
+            stacked = torch.cat([flat.view(n_problems, k, columns) * before for flat in flats], dim=2)
+            products = (composed @ stacked).view(n_problems, k, len(flats), columns) * after[:, :, None]
+            return [vector.reshape(n_problems, -1) for vector in products.unbind(2)]
 
         vectors = mapped([state.x, *(s for s, _, _ in state.pairs)], self.scale, into.inverse_scale)
         covectors = mapped([state.gradient, *(y for _, y, _ in state.pairs)], self.inverse_scale, into.scale)
@@ -150,46 +127,46 @@ class Preconditioned:
         return State(vectors[0], state.loss, covectors[0], pairs)
 
     def objective(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-problem loss (n_problems,) and its gradient in these variables (n_problems, rank * k + k)."""
-        loss, grad_z, grad_b = self.problem.loss_and_gradient(*self.unpack(flat))
-        return loss, self.covector(grad_z, grad_b)
+        """Per-problem loss (n_problems,) and its gradient in these variables (n_problems, k * (rank + 1))."""
+        loss, gradient = self.problem.loss_and_gradient(self.unpack(flat))
+        return loss, self.covector(gradient)
+
+    @cached_property
+    def flat_inverse_scale(self) -> torch.Tensor:
+        return self.inverse_scale.flatten(1)
 
     def stationarity(self, gradient: torch.Tensor) -> torch.Tensor:
         """Norm of the gradient in the original (W, b) coordinates: bounds sklearn's largest-entry `tol`."""
-        return (gradient * self.inverse_scale).norm(dim=1)
+        return (gradient * self.flat_inverse_scale).norm(dim=1)
 
     def restricted(self, problems: torch.Tensor) -> tuple[Objective, Stationarity]:
         """`objective` and `stationarity` of some problems alone (indices; `batched_lbfgs`'s `restrict`): evaluated
         on their layers only, the layers' other fits at 0 alongside (they share the layer's products)."""
         problem, covered, position = self.problem.covering(problems)
-        inner = Preconditioned(problem, self.rotation[covered], self.scale_w[covered], self.scale_b[covered])
+        inner = Preconditioned(problem, self.rotation[covered], self.scale[covered])
 
         def objective(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            loss, gradient = inner.objective(
-                flat.new_zeros(covered.numel(), flat.shape[1]).index_copy_(0, position, flat)
-            )
+            padded = flat.new_zeros(covered.numel(), flat.shape[1]).index_copy_(0, position, flat)
+            loss, gradient = inner.objective(padded)
             return loss[position], gradient[position]
 
-        inverse_scale = self.inverse_scale[problems]
+        inverse_scale = self.flat_inverse_scale[problems]
         return objective, lambda gradient: (gradient * inverse_scale).norm(dim=1)
 
 
-def solve(problem: Problem, max_iter: int, tolerance: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """z (n_problems, rank, k) and b (n_problems, k) minimising each problem, from zero.
+def solve(problem: Problem, max_iter: int, tolerance: float) -> torch.Tensor:
+    """The coefficients c (n_problems, k, rank + 1) minimising each problem, from zero.
 
     L-BFGS in preconditioned variables, the preconditioner refreshed at the current point after each of
     PRECONDITIONER_ROUNDS; the run goes on in the new variables with its curvature pairs mapped into them (the
     change of variables is linear), so a refresh costs no evaluation and loses no memory. `max_iter` bounds the
     evaluations of all rounds together.
     """
-    n_problems, rank = problem.shape
     valid = ~problem.invalid
-    n_slots = valid.shape[1]
-    z = torch.zeros(n_problems, rank, n_slots, dtype=torch.float64)
-    b = torch.zeros(n_problems, n_slots, dtype=torch.float64)
-    probs = (valid.double() / valid.sum(1, keepdim=True)).expand(n_problems, -1, -1)  # uniform at the start
+    c = torch.zeros(problem.shape, dtype=torch.float64)
+    probs = (valid.double() / valid.sum(1, keepdim=True)).expand(c.shape[0], -1, -1)  # uniform at the start
     variables = Preconditioned.at(problem, probs)
-    start: torch.Tensor | State = variables.pack(z, b)
+    start: torch.Tensor | State = variables.pack(c)
     done = 0
     for budget in PRECONDITIONER_ROUNDS:
         budget = min(budget, max_iter - done)
@@ -203,12 +180,12 @@ def solve(problem: Problem, max_iter: int, tolerance: float) -> tuple[torch.Tens
             restrict=variables.restricted,
         )
         done += budget
-        z, b = variables.unpack(state.x)
+        c = variables.unpack(state.x)
         if done >= max_iter:
             break
-        refreshed = Preconditioned.at(problem, torch.softmax(problem.logits(z, b), dim=-1))
+        refreshed = Preconditioned.at(problem, torch.softmax(problem.logits(c), dim=-1))
         start, variables = variables.carry(state, refreshed), refreshed
-    return z, b
+    return c
 
 
 def fit_logistic(
@@ -237,8 +214,9 @@ def fit_logistic(
         formulation = choose_formulation(rows.numel(), features.shape[2])
     mean, std = shared_stats(features, train)  # (n_fits, n_layers, d_model), every fit alike
     bases = layer_bases(features, rows, mean[0], std[0], by_rows=formulation == "dual")
-    z, b = solve(layer_problem(bases, answers, valid, train, l2), max_iter, tolerance)
+    c = solve(layer_problem(bases, answers, valid, train, l2), max_iter, tolerance)
     n_layers, rank = bases.features.shape[0], bases.features.shape[2]
+    z, b = c[..., :-1].transpose(1, 2), c[..., -1]  # (n_problems, rank, k), (n_problems, k)
     per_layer = z.reshape(n_fits, n_layers, rank, n_slots).permute(1, 2, 0, 3).reshape(n_layers, rank, -1)
     w = bases.weights(features, mean[0], std[0], per_layer).view(n_layers, -1, n_fits, n_slots).permute(2, 0, 1, 3)
     return {
