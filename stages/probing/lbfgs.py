@@ -174,8 +174,9 @@ def descent_direction(
     Two-loop recursion over the stored pairs (a row's empty pairs have no effect); 0 for inactive rows. A row
     whose direction is not downhill has lost its curvature information and falls back to steepest descent.
     """
-    # In-place updates throughout: the vectors are (n_problems, n_params), and this runs once per evaluation.
-    q, alphas = gradient.clone(), []
+    # In-place updates throughout: the vectors are (n_problems, n_params), and this runs once per evaluation. An
+    # inactive row starts from a zero gradient, so every coefficient and its direction come out 0.
+    q, alphas = gradient * active[:, None], []
     for s, y, rho in reversed(pairs):
         alpha = rho * row_dot(s, q)
         q.addcmul_(y, alpha[:, None], value=-1.0)
@@ -184,12 +185,12 @@ def descent_direction(
     if pairs:
         s, y, rho = pairs[-1]
         scale = torch.where(rho > 0, 1.0 / (rho * row_dot(y, y)).clamp_min(1e-300), scale)
-    direction = q.mul_(-scale[:, None] * active[:, None])  # negated: the loop below adds -s * coefficient
+    direction = q.mul_(-scale[:, None])  # negated: the loop below adds -s * coefficient
     for (s, y, rho), alpha in zip(pairs, reversed(alphas), strict=True):
-        direction.addcmul_(s, (rho * row_dot(y, direction) + alpha * active)[:, None], value=-1.0)
+        direction.addcmul_(s, (rho * row_dot(y, direction) + alpha)[:, None], value=-1.0)
     slope = row_dot(gradient, direction)
-    uphill = slope >= 0
+    uphill = active & (slope >= 0)
     if uphill.any():
-        direction = torch.where(uphill[:, None], -gradient * active[:, None], direction)
-        slope = torch.where(uphill, -row_dot(gradient, gradient) * active, slope)
+        direction = torch.where(uphill[:, None], -gradient, direction)
+        slope = torch.where(uphill, -row_dot(gradient, gradient), slope)
     return direction, slope

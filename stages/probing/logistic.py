@@ -57,12 +57,14 @@ def preconditioner(probs: torch.Tensor, problem: Problem) -> tuple[torch.Tensor,
     k, rank + 1): c = R (yhat * s). At uniform probabilities this is the exact Hessian of the row-space problem
     (U is orthonormal on the training rows), and of the primal refit.
     """
+    # Each example's softmax curvature is diag(p) - p p^T; never formed as (n_problems, n, k, k) (the closed
+    # forms below took 0.4 ms against 2.8 at 96 problems x 128 rows, three times a fit).
     weights = problem.weights
-    curvature = torch.diag_embed(probs) - probs[..., :, None] * probs[..., None, :]  # (n_problems, n, k, k)
-    mean_curvature = torch.einsum("pn,pnij->pij", weights, curvature)
+    weighted = probs * weights[..., None]
+    mean_curvature = torch.diag_embed(weighted.sum(1)) - weighted.transpose(1, 2) @ probs  # (n_problems, k, k)
     slot_curvature, rotation = torch.linalg.eigh(mean_curvature)  # (n_problems, k), (n_problems, k, k)
-    # Each example's curvature along each rotated slot direction, weighted by its squared reduced features.
-    along = torch.einsum("pnij,pim,pjm->pnm", curvature, rotation, rotation)  # (n_problems, n, k)
+    # Each example's curvature along each rotated slot direction r: r^T (diag(p) - p p^T) r = p . r^2 - (p . r)^2.
+    along = probs @ rotation.square() - (probs @ rotation).square_()  # (n_problems, n, k)
     diagonal = problem.curvature_diagonal(along * weights[..., None])  # (n_problems, k, rank + 1)
     scale = (diagonal + problem.l2).rsqrt() * problem.active[:, None, :]  # dropped directions stay 0
     # The bias (unpenalised): its curvature is the slot curvature itself, 0 along shifts the softmax ignores.

@@ -113,25 +113,31 @@ def gram(x: torch.Tensor, by_rows: bool, syrk: bool) -> torch.Tensor:
     return x @ x.T if by_rows else x.T @ x
 
 
-def layer_basis(x: torch.Tensor, by_rows: bool, syrk: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """F (n_rows, rank) and the lift of one layer's standardised rows x (n_rows, d_model); see `LayerBases`.
+def row_space_basis(eigenvalues: torch.Tensor, vectors: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """F = U S (n_layers, n_rows, rank) and the lift U / S from the eigendecompositions of the layers' row Grams
+    x x^T, eigenvalues (n_layers, n_rows) ascending and vectors (n_layers, n_rows, n_rows); see `LayerBases`.
 
-    By rows, F = U S and the lift U / S come from the Gram matrix itself, which is float32. Directions whose
-    eigenvalue is below EIGEN_FLOOR of the largest are float32 noise and stay 0 (their singular values are too
-    small to move a fit: the penalty pins those coefficients at ~0). By dimensions, any orthonormal V keeps
-    the problem exact (F = x V is computed from x, all d_model directions kept), and the eigenbasis only has to
-    precondition: where bfloat16 products are fast (`fast_bfloat16`), its Gram is one bfloat16 product, about
-    2x faster than syrk on this project's CPU (`benchmarks/bench_probe.py` times the fit). syrk: see `gram`.
+    The Gram is float32: directions whose eigenvalue is below EIGEN_FLOOR of the largest are float32 noise and
+    stay 0 (their singular values are too small to move a fit: the penalty pins those coefficients at ~0).
+    Beyond `rank` = min(n_rows, d_model), the eigenvalues of x x^T are 0. All layers at once: a few ops in all
+    rather than a dozen per layer (`layer_bases` at 16 layers x 128 rows x 1024, one thread: 18.1 -> 16.7 ms).
     """
-    if by_rows:
-        eigenvalues, vectors = torch.linalg.eigh(gram(x, by_rows, syrk), UPLO="U")
-        rank = min(x.shape)  # beyond it, the eigenvalues of x x^T are 0
-        eigenvalues, vectors = eigenvalues[-rank:], vectors[:, -rank:]
-        kept = eigenvalues > EIGEN_FLOOR * eigenvalues[-1:].clamp_min(1e-30)
-        singular = eigenvalues.clamp_min(0.0).sqrt()  # x = U S V^T: V = x^T U / S is applied through x^T
-        return vectors * (singular * kept), vectors * (kept / singular.masked_fill(~kept, 1.0))
+    eigenvalues, vectors = eigenvalues[:, -rank:], vectors[..., -rank:]
+    kept = eigenvalues > EIGEN_FLOOR * eigenvalues[:, -1:].clamp_min(1e-30)
+    singular = eigenvalues.clamp_min(0.0).sqrt()  # x = U S V^T: V = x^T U / S is applied through x^T
+    return vectors * (singular * kept)[:, None], vectors * (kept / singular.masked_fill(~kept, 1.0))[:, None]
+
+
+def dimension_basis(x: torch.Tensor, syrk: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """F = x V (n_rows, d_model) and V, the eigenbasis of one layer's x^T x, x (n_rows, d_model) standardised.
+
+    Any orthonormal V keeps the problem exact (F is computed from x, all d_model directions kept), and the
+    eigenbasis only has to precondition: where bfloat16 products are fast (`fast_bfloat16`), its Gram is one
+    bfloat16 product, about 2x faster than syrk on this project's CPU (`benchmarks/bench_probe.py` times the
+    fit). syrk: see `gram`.
+    """
     narrow = x.bfloat16() if fast_bfloat16(x.device) else x
-    basis = torch.linalg.eigh(gram(narrow, by_rows, syrk).float(), UPLO="U")[1]
+    basis = torch.linalg.eigh(gram(narrow, False, syrk).float(), UPLO="U")[1]
     return x @ basis, basis
 
 
@@ -139,18 +145,28 @@ def layer_bases(
     features: torch.Tensor, rows: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, by_rows: bool
 ) -> LayerBases:
     """The bases of every layer: features (n_layers, n_examples, d_model), rows (n_rows,) the training rows,
-    mean and std (n_layers, d_model) the shared statistics of `shared_stats`."""
+    mean and std (n_layers, d_model) the shared statistics of `shared_stats`. By rows: the eigendecomposition
+    of x x^T (`row_space_basis`), else of x^T x (`dimension_basis`), x a layer's standardised rows."""
     n_layers, _, d_model = features.shape
-    rank = min(rows.numel(), d_model) if by_rows else d_model
-    reduced = features.new_zeros(n_layers, rows.numel(), rank)
-    lift = features.new_zeros(n_layers, rows.numel() if by_rows else d_model, rank)
-    every_row = rows.numel() == features.shape[1]  # the probe stage's case: only labeled rows are passed
+    n_rows = rows.numel()
+    every_row = n_rows == features.shape[1]  # the probe stage's case: only labeled rows are passed
     syrk = torch.get_num_threads() == 1  # else the layers run side by side (`for_each_layer`), see `gram`
+    scale = std.reciprocal()
+    offset = -mean * scale  # (x - mean) / std = offset + x * scale, one pass per layer
+    if by_rows:
+        eigenvalues, vectors = features.new_empty(n_layers, n_rows), features.new_empty(n_layers, n_rows, n_rows)
+    else:
+        reduced, lift = features.new_empty(n_layers, n_rows, d_model), features.new_empty(n_layers, d_model, d_model)
 
     def basis(layer: int) -> None:  # one standardised copy of one layer's rows per thread at a time
         x = features[layer] if every_row else features[layer].index_select(0, rows)
-        x = torch.addcmul(-mean[layer] / std[layer], x, 1.0 / std[layer])  # (x - mean) / std in one pass
-        reduced[layer], lift[layer] = layer_basis(x, by_rows, syrk)
+        x = torch.addcmul(offset[layer], x, scale[layer])
+        if by_rows:
+            eigenvalues[layer], vectors[layer] = torch.linalg.eigh(gram(x, True, syrk), UPLO="U")
+        else:
+            reduced[layer], lift[layer] = dimension_basis(x, syrk)
 
     for_each_layer(basis, n_layers, features.device)
+    if by_rows:
+        reduced, lift = row_space_basis(eigenvalues, vectors, min(n_rows, d_model))
     return LayerBases(rows=rows, features=reduced, lift=lift, by_rows=by_rows)
