@@ -31,8 +31,8 @@ LOSS_NOISE = 1e-6
 OVERSHOOT = 0.8  # trial slope <= -OVERSHOOT * slope: for a quadratic, at most 1.8x the exact line minimum
 STALLED = 1e-12  # a row whose accepted step lowers its loss by less than this (relative) stops
 # With a `Restriction`, once at most this fraction of the rows being solved is still active the others are set
-# aside: a fit's last third of evaluations has a few problems left (16 of 16 layers' 96 problems active at
-# evaluation 20, 8 layers' 38 at 23, 3 layers' 9 at 27 on bench_probe's 16 x 1024 x 128), and every op ran on all.
+# aside: a fit's last third of evaluations has a few problems left (of 96 in 16 layers, 89 in 16 layers active at
+# evaluation 20, 38 in 8 at 23, 9 in 3 at 27 on bench_probe's 16 x 1024 x 128), and every op ran on all.
 SET_ASIDE_BELOW = 0.5
 
 
